@@ -1,0 +1,5 @@
+"""Common-suite cases for `optax_sparse.methods` (see `tests/common_cases.py`)."""
+
+from common_cases import Case
+
+CASES: list[Case] = []
