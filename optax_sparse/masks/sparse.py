@@ -1,0 +1,333 @@
+"""``sparse()``: the combinator that owns the masks of sparse training.
+
+One ``update`` of ``sparse(inner, rule, sparsity)`` with count t, raw gradient g, parameters θ
+and masks M (bool per eligible leaf; ``None`` for dense leaves):
+
+1. ĝ = M⊙g if ``sparse_gradients`` else g;
+2. (u, s) = inner.update(ĝ, s, θ, masks=M, **extra_args) — the current masks are forwarded to
+   the inner transformation as the extra argument ``masks``;
+3. projection (emit-to-land, the ``optax.keep_params_nonnegative`` idiom, METHODS.md §11):
+   u' = M⊙(θ + u) − θ, computed as ``where(M, u, −θ)`` so that θ + u' is exactly 0 where M is
+   False and exactly θ + u elsewhere;
+4. if ``rule.is_update_step(t)`` (a traced bool, under ``lax.cond``: a mask-update step and a
+   plain step share one compilation): M' = rule.update_masks(M, θ + u', g, t, key_t, target);
+   the update becomes ``where(M ∧ M', u', −θ)``, so that newly grown entries land at exactly 0,
+   dropped entries at exactly 0, and entries kept (including those dropped and regrown in the
+   same update, RigL ``reinit_when_same=False``) where step 3 put them; every per-parameter leaf
+   of the inner state (anything shaped like the parameters: moments, traces, …, found
+   structurally with ``optax.tree.map_params``, never a list of known optimizer types) is zeroed
+   at the entries whose mask changed.
+
+The key of step t is ``fold_in(key, t)``; the sparsity (and the rule's drop fraction) may be
+optax schedules evaluated on the count, or traced values under ``optax.inject_hyperparams``.
+
+Library decisions:
+
+* The rule sees the raw dense gradient g of this step (never the masked one) and the parameters
+  θ_{t+1} = θ + u' this step lands on.
+* The official RigL/SET code and jaxpruner (``skip_gradients=True``) skip the optimizer step on
+  mask-update iterations; here the optimizer step and the mask change happen in the same update.
+* Zeroing the inner state where a mask changes covers both directions: grown entries restart
+  with zero moments (RigL zeroes the optimizer slots), and newly masked entries lose theirs
+  (AC/DC, open point 16). For dropped entries of RigL/SET this is harmless: they would be reset
+  when regrown anyway.
+* Masks are bool arrays (one byte per entry); they stay in the state, so a checkpoint of the
+  optimizer state carries them.
+* Non-finite gradients or parameters never change the number of active entries: their scores
+  rank lowest (see ``rules``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_sparse import _eligibility, _hyperparams
+from optax_sparse.masks import rules as rules_lib
+
+__all__ = ["SparseState", "get_masks", "sparse"]
+
+
+class SparseState(NamedTuple):
+  """State of :func:`sparse`.
+
+  Attributes:
+    count: int32 number of updates so far (the step t of the next update).
+    masks: a pytree like the parameters: a bool array per eligible leaf, ``None`` per dense leaf.
+    key: the PRNG key (uint32[2]) of the rule; step t uses ``fold_in(key, t)``.
+    rule_state: the rule's own state (``optax.EmptyState()`` for the built-in rules).
+    inner_state: the inner transformation's state.
+  """
+
+  count: jax.Array
+  masks: Any
+  key: jax.Array
+  rule_state: Any
+  inner_state: optax.OptState
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def get_masks(state: optax.OptState) -> Any:
+  """The masks of the :func:`sparse` state inside any wrapper (chain, MultiSteps, ...).
+
+  Args:
+    state: an optimizer state that contains exactly one :class:`SparseState` (or another state
+      with a single field named ``masks``).
+
+  Returns:
+    The masks: a bool array per eligible leaf and ``None`` per dense leaf.
+
+  Raises:
+    ValueError: when no ``masks`` field is found.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import optax_sparse as osp
+    >>> tx = optax.chain(optax.clip(1.0),
+    ...                  osp.sparse(optax.adam(1e-3), osp.one_shot_magnitude(), sparsity=0.5))
+    >>> osp.get_masks(tx.init({"w": jnp.array([[1.0, -2.0]])}))["w"].tolist()
+    [[False, True]]
+  """
+  sentinel = object()
+  masks = optax.tree.get(state, "masks", sentinel)
+  if masks is sentinel:
+    raise ValueError("get_masks: no field named 'masks' in the optimizer state.")
+  return masks
+
+
+def _check_masks(masks: Any, params: Any, eligible: Any) -> Any:
+  """Validates user masks against the parameters; returns them as bool arrays."""
+  m_def = jax.tree.structure(masks, is_leaf=_is_none)
+  p_def = jax.tree.structure(params, is_leaf=_is_none)
+  if m_def != p_def:
+    raise ValueError(
+        f"initial_masks must have the structure of the parameters (None for dense leaves); got "
+        f"{m_def} for parameters {p_def}.")
+
+  def leaf(m, p, e):
+    if m is None:
+      return None
+    if not e:
+      raise ValueError("initial_masks has a mask for a leaf that `where` keeps dense.")
+    if jnp.shape(m) != jnp.shape(p):
+      raise ValueError(
+          f"initial_masks: a mask of shape {jnp.shape(m)} for a parameter of shape "
+          f"{jnp.shape(p)}.")
+    return jnp.asarray(m, bool)
+
+  out = jax.tree.map(leaf, masks, params, eligible, is_leaf=_is_none)
+  missing = jax.tree.map(
+      lambda m, e: bool(e) and m is None, masks, eligible, is_leaf=_is_none)
+  if any(jax.tree.leaves(missing)):
+    raise ValueError("initial_masks must give a mask for every eligible leaf (see `where`).")
+  return out
+
+
+def _reset_tree(changed: Any, params: Any) -> Any:
+  """Params-shaped tree: the changed-entries mask per eligible leaf, a scalar False elsewhere."""
+  return jax.tree.map(
+      lambda c, p: (None if p is None else jnp.zeros((), bool)) if c is None else c,
+      changed, params, is_leaf=_is_none)
+
+
+def _zero_where(value: Any, reset: Any) -> Any:
+  if value is None or reset is None or not hasattr(value, "shape"):
+    return value
+  if jnp.ndim(reset) and jnp.shape(value) != jnp.shape(reset):
+    return value  # a factored or otherwise reshaped statistic: not per-entry.
+  return jnp.where(reset, jnp.zeros_like(value), value)
+
+
+def _is_param_tree_leaf(x: Any) -> bool:
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def reset_inner_state(inner: Any, inner_state: Any, reset: Any, params: Any) -> Any:
+  """Zeroes every per-parameter leaf of ``inner_state`` where ``reset`` is True.
+
+  Per-parameter leaves are found structurally with ``optax.tree.map_params`` (any optax
+  optimizer, chain or wrapper); when ``inner``'s ``init`` cannot run on placeholders, every
+  sub-tree of the state with the parameters' structure and shapes is used instead.
+  """
+  reset_full = _reset_tree(reset, params)
+  try:
+    return optax.tree.map_params(
+        inner, _zero_where, inner_state, reset_full, is_leaf=_is_param_tree_leaf)
+  except Exception:  # noqa: BLE001 - init on placeholders failed: structural walk instead.
+    pass
+  p_def = jax.tree.structure(params, is_leaf=_is_none)
+  p_shapes = [jnp.shape(x) for x in jax.tree.leaves(params)]
+
+  def params_like(x):
+    if hasattr(x, "shape"):
+      return False
+    try:
+      same = jax.tree.structure(x, is_leaf=_is_none) == p_def
+    except Exception:  # noqa: BLE001
+      return False
+    return same and [jnp.shape(v) for v in jax.tree.leaves(x)] == p_shapes
+
+  def visit(x):
+    if params_like(x):
+      return jax.tree.map(_zero_where, x, reset_full, is_leaf=_is_none)
+    return x
+
+  return jax.tree.map(visit, inner_state, is_leaf=params_like)
+
+
+def sparse(
+    inner: optax.GradientTransformation,
+    rule: rules_lib.MaskRule,
+    sparsity: optax.ScalarOrSchedule | None,
+    distribution: Any = None,
+    *,
+    where: _eligibility.Where = None,
+    sparse_gradients: bool = False,
+    initial_masks: Any = None,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  """Sparse training: masks in the state, projection after ``inner``, rule-driven mask updates.
+
+  .. math::
+    u' = M ⊙ (θ + u) − θ, \\quad u, s' = \\mathrm{inner}(M ⊙ g \\text{ or } g, s, θ) \\\\
+    M' = \\mathrm{rule}(M, θ + u', g, t) \\text{ on scheduled steps; grown entries land at 0
+    with zeroed inner state}
+
+  See the module docstring for the full step and the library decisions. After every
+  ``optax.apply_updates`` the pruned entries are exactly 0.0. ``sparse`` must be the outermost
+  parameter-moving transformation (like ``optax.keep_params_nonnegative``): wrap the whole
+  optimizer, do not chain anything after it that changes the update.
+
+  Args:
+    inner: any optax transformation (receives ``masks=`` as an extra argument).
+    rule: a :class:`~optax_sparse.masks.rules.MaskRule` (``rigl(...)``, ``set_(...)``, ...).
+    sparsity: the target sparsity s in [0, 1) or a schedule of the count; ``None`` for rules
+      that fix their own (N:M).
+    distribution: the layer-wise distribution (``uniform()``, ``er()``, ``erk()``; default
+      uniform) for layer rules; must be None for global rules.
+    where: which leaves are masked (None: ndim >= 2; a predicate ``(path, leaf) -> bool`` or a
+      static pytree of bools).
+    sparse_gradients: mask the gradient before ``inner`` (the rule still sees the dense one).
+    initial_masks: masks to start from instead of the rule's (a pytree like the parameters,
+      bool arrays for eligible leaves, None for dense leaves).
+    seed: seed of the rule's PRNG key.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state :class:`SparseState`.
+
+  Raises:
+    ValueError: sparsity outside [0, 1), a global or N:M rule given a distribution or a
+      sparsity it cannot use, ``where`` or ``initial_masks`` not matching the parameters, a
+      distribution that cannot meet the target (at ``init``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import optax_sparse as osp
+    >>> tx = osp.sparse(optax.adam(1e-2), osp.rigl(every=2, end_step=10), sparsity=0.75)
+    >>> params = {"w": jnp.ones((4, 4)), "b": jnp.zeros((4,))}
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   grads = jax.tree.map(jnp.ones_like, params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> int(jnp.sum(params["w"] != 0)), osp.get_masks(state)["b"] is None
+    (4, True)
+
+  References:
+    Evci et al., *Rigging the Lottery: Making All Tickets Winners*, arXiv 1911.11134 (masks in
+    the optimizer, moment reset, dense-gradient growth); each rule's docstring names its paper.
+  """
+  if not isinstance(rule, rules_lib.MaskRule):
+    raise ValueError(f"rule must be a MaskRule (e.g. osp.rigl()); got {rule!r}.")
+  if rule.scope == "pattern":
+    if sparsity is not None:
+      raise ValueError(
+          f"sparsity must be None for the {rule.name} rule, whose pattern fixes it; got "
+          f"{sparsity!r}.")
+  else:
+    if sparsity is None:
+      raise ValueError(f"sparsity is required for the {rule.name} rule; got None.")
+    _hyperparams.check_scalar("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+  if distribution is not None and rule.scope != "layer":
+    raise ValueError(
+        f"distribution must be None for the {rule.scope} rule {rule.name}; got {distribution!r}.")
+  _eligibility.check_where("where", where)
+  if distribution is None and rule.scope == "layer":
+    from optax_sparse.masks import distributions  # noqa: PLC0415 - sibling module.
+
+    distribution = distributions.uniform()
+  inner = optax.with_extra_args_support(inner)
+
+  def target_at(params, eligible, count):
+    s = None if sparsity is None else _hyperparams.evaluate(sparsity, count)
+    if distribution is None:
+      densities = lambda s_: None  # noqa: E731 - global and pattern rules use no densities.
+    else:
+      densities = lambda s_: distribution.densities(params, s_, eligible)  # noqa: E731
+    return rules_lib.Target(sparsity=s, densities=densities, eligible=eligible)
+
+  def init_fn(params):
+    eligible = _eligibility.eligible_tree(where, params)
+    count = jnp.zeros([], jnp.int32)
+    if distribution is not None and isinstance(sparsity, (int, float)):
+      distribution.check_target(params, sparsity, eligible)
+    key = jax.random.PRNGKey(seed)
+    if initial_masks is not None:
+      masks = _check_masks(initial_masks, params, eligible)
+    else:
+      masks = rule.init_masks(params, target_at(params, eligible, count), key)
+    return SparseState(
+        count=count, masks=masks, key=key, rule_state=rule.init_state(params),
+        inner_state=inner.init(params))
+
+  def update_fn(grads, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    eligible = _eligibility.eligible_tree(where, params)
+    masks, count = state.masks, state.count
+    inner_grads = grads
+    if sparse_gradients:
+      inner_grads = jax.tree.map(
+          lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)), masks, grads,
+          is_leaf=_is_none)
+    extra_args.pop("masks", None)
+    updates, inner_state = inner.update(
+        inner_grads, state.inner_state, params, masks=masks, **extra_args)
+    updates = jax.tree.map(
+        lambda m, u, p: u if m is None else jnp.where(m, u, -p).astype(p.dtype),
+        masks, updates, params, is_leaf=_is_none)
+
+    def change(operand):
+      updates, inner_state, rule_state = operand
+      new_params = optax.apply_updates(params, updates)
+      key_t = jax.random.fold_in(state.key, count)
+      new_masks, rule_state = rule.update_masks(
+          masks, new_params, grads, count, key_t, target_at(params, eligible, count), rule_state)
+      new_masks = jax.tree.map(
+          lambda m, n: None if m is None else jnp.asarray(n, bool), masks, new_masks,
+          is_leaf=_is_none)
+      updates = jax.tree.map(
+          lambda m, n, u, p: u if m is None else jnp.where(m & n, u, -p).astype(p.dtype),
+          masks, new_masks, updates, params, is_leaf=_is_none)
+      changed = jax.tree.map(
+          lambda m, n: None if m is None else m != n, masks, new_masks, is_leaf=_is_none)
+      inner_state = reset_inner_state(inner, inner_state, changed, params)
+      return new_masks, updates, inner_state, rule_state
+
+    def keep(operand):
+      updates, inner_state, rule_state = operand
+      return masks, updates, inner_state, rule_state
+
+    new_masks, updates, inner_state, rule_state = jax.lax.cond(
+        rule.is_update_step(count), change, keep, (updates, inner_state, state.rule_state))
+    return updates, SparseState(
+        count=optax.safe_increment(count), masks=new_masks, key=state.key,
+        rule_state=rule_state, inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
