@@ -1,3 +1,15 @@
 """Paper methods built from the geometry and mask layers."""
 
-__all__: list[str] = []
+from optax_sparse.methods.nanoadam import (
+    NanoAdamDenseMoments,
+    NanoAdamState,
+    NanoAdamSubsetMoments,
+    nanoadam,
+)
+
+__all__: list[str] = [
+    "NanoAdamDenseMoments",
+    "NanoAdamState",
+    "NanoAdamSubsetMoments",
+    "nanoadam",
+]

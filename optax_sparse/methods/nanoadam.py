@@ -1,0 +1,278 @@
+"""NanoAdam: Adam on the smallest weights only, with moments stored for that subset.
+
+Zhou, Jacobs, Gadhikar, Burkholz, *Pay Attention to Small Weights* (arXiv 2506.21374,
+NeurIPS 2025), Algorithm 1. Per weight matrix ``W`` (``n`` entries) with density ``rho_t``::
+
+    k_t = clip(round(rho_t * n), 1, k_max)
+    if t mod tau == 0 or k_t != k_{t-1}:  I <- Bottom-k_t(|W|)      (no gradient needed)
+    g_I = g[I];  mu <- b1 mu + (1 - b1) g_I;  nu <- b2 nu + (1 - b2) g_I^2
+    u[I] = -eta_t mu / (sqrt(nu) + eps);      u = 0 elsewhere (parameters bit-identical)
+
+Leaves marked ``dense`` (by default every leaf with ``ndim < 2``: biases, normalization scales)
+are updated densely with plain, bias-corrected Adam (``optax.adam``'s rule).
+
+Library decisions and open points (METHODS.md §9, §13 #11):
+
+* **Compressed state.** For each selected leaf the state keeps only ``k_max`` slots: int32 flat
+  indices (ascending, unused slots hold the sentinel ``n``), ``mu`` and ``nu`` in float32 and an
+  int32 valid count. ``k_max`` is fixed at ``init`` from ``max_density`` (or the density at step
+  0), so a density schedule never changes shapes; the state is ``O(k)``, not ``O(n)``.
+* **Selection** is exact per whole matrix (no chunks): ``jax.lax.top_k`` of ``-|W|`` with the
+  static ``k_max``; its first ``k_t`` outputs are the ``k_t`` smallest magnitudes (ties by lower
+  flat index). The ``chunk_size`` option of the paper's code is not provided.
+* **Moments on refresh** (proposed default): an entry that stays selected keeps its ``mu`` and
+  ``nu``; a newly selected entry starts from zero; a dropped entry's moments are discarded.
+  Without bias correction (Algorithm 1) the first step of a new entry is
+  ``(1 - b1) / sqrt(1 - b2) * sign(g) ~= 3.16 * sign(g)`` times ``eta`` (derivation).
+* **Bias correction** is off by default (Algorithm 1); ``bias_correction=True`` corrects the
+  subset moments with the global step count (paper's App. I.5).
+* **Non-finite gradients:** a leaf whose (selected) gradient is not finite is skipped for that
+  step: zero update and unchanged moments.
+* The density schedule is evaluated at every step (the paper's ``tau_d`` is expressed by the
+  schedule itself, e.g. a piecewise-constant one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import base
+
+from optax_sparse import _eligibility
+from optax_sparse._hyperparams import check_scalar, evaluate
+
+__all__ = ["NanoAdamDenseMoments", "NanoAdamSubsetMoments", "NanoAdamState", "nanoadam"]
+
+
+class NanoAdamSubsetMoments(NamedTuple):
+  """Compressed Adam moments of one selected leaf (``k_max`` static slots).
+
+  Attributes:
+    indices: int32 ``[k_max]`` ascending flat indices; unused slots hold the leaf size ``n``.
+    mu: float32 ``[k_max]`` first moments of the selected entries.
+    nu: float32 ``[k_max]`` second moments of the selected entries.
+    valid: int32 scalar, the number of used slots (the current ``k``).
+  """
+
+  indices: jax.Array
+  mu: jax.Array
+  nu: jax.Array
+  valid: jax.Array
+
+
+class NanoAdamDenseMoments(NamedTuple):
+  """Adam moments of a leaf updated densely (float32, the leaf's shape)."""
+
+  mu: jax.Array
+  nu: jax.Array
+
+
+class NanoAdamState(NamedTuple):
+  """State of :func:`nanoadam`: a step counter and per-leaf moments (None for None leaves)."""
+
+  count: jax.Array
+  moments: Any
+
+
+def _is_moments(x: Any) -> bool:
+  return x is None or isinstance(x, (NanoAdamSubsetMoments, NanoAdamDenseMoments))
+
+
+def _default_dense(path: Any, leaf: Any) -> bool:
+  del path
+  return getattr(leaf, "ndim", 0) < 2
+
+
+def _k_of(density: jax.Array, n: int, k_max: int) -> jax.Array:
+  k = jnp.round(density * n).astype(jnp.int32)
+  return jnp.clip(k, 1, k_max)
+
+
+def _refresh(
+    leaf_abs: jax.Array, mom: NanoAdamSubsetMoments, k: jax.Array
+) -> NanoAdamSubsetMoments:
+  """Selects the ``k`` smallest magnitudes; keeps the moments of entries that stay selected."""
+  n = leaf_abs.size
+  k_max = mom.indices.shape[0]
+  _, raw = jax.lax.top_k(-leaf_abs, k_max)
+  slot = jnp.arange(k_max, dtype=jnp.int32)
+  new_idx = jnp.sort(jnp.where(slot < k, raw.astype(jnp.int32), jnp.int32(n)))
+  # Old indices are ascending with sentinels last, so membership is a binary search: O(k log k).
+  pos = jnp.clip(jnp.searchsorted(mom.indices, new_idx), 0, k_max - 1)
+  kept = (mom.indices[pos] == new_idx) & (new_idx < n)
+  mu = jnp.where(kept, mom.mu[pos], 0.0)
+  nu = jnp.where(kept, mom.nu[pos], 0.0)
+  return NanoAdamSubsetMoments(new_idx, mu, nu, k.astype(jnp.int32))
+
+
+def nanoadam(
+    learning_rate: optax.ScalarOrSchedule,
+    density: optax.ScalarOrSchedule,
+    refresh_every: int = 100,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    dense: _eligibility.Where = None,
+    bias_correction: bool = False,
+    max_density: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam on the ``k`` smallest-magnitude entries of each matrix, moments kept for them only.
+
+  For each selected leaf ``W`` with ``n`` entries, ``k_t = clip(round(rho_t n), 1, k_max)``. The
+  index set ``I`` (bottom-``k_t`` of ``|W|``, chosen without gradients) is refreshed when
+  ``t mod refresh_every == 0`` or when ``k_t`` changes; then
+
+  .. math::
+    \mu \leftarrow \beta_1 \mu + (1-\beta_1) g_I,\quad
+    \nu \leftarrow \beta_2 \nu + (1-\beta_2) g_I^2,\quad
+    u_I = -\eta_t \frac{\mu}{\sqrt{\nu} + \epsilon},\quad u_{\bar I} = 0.
+
+  Leaves marked ``dense`` are updated with bias-corrected Adam. Moments of entries that stay
+  selected are kept at a refresh, new entries start from zero, dropped ones are discarded; without
+  bias correction the first step of a new entry is about ``3.16 * eta * sign(g)``.
+
+  Args:
+    learning_rate: the step size ``eta_t`` (scalar or schedule).
+    density: fraction ``rho`` of each selected matrix that is updated, in ``(0, 1]`` (scalar or
+      schedule; the paper decays it linearly, e.g. 10% to 4%).
+    refresh_every: ``tau``, steps between two selections (the paper's mask interval, 100 by
+      default in the authors' configuration).
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon, added to ``sqrt(nu)``.
+    dense: which leaves are updated densely: ``None`` (leaves with ``ndim < 2``), a predicate
+      ``(path, leaf) -> bool`` or a static pytree of bools. The paper also updates the classifier
+      head densely; mark it by name, e.g.
+      ``dense=lambda path, x: x.ndim < 2 or "head" in jax.tree_util.keystr(path)``.
+    bias_correction: correct the subset moments with the global step count (off in Algorithm
+      1).
+    max_density: the largest density the schedule will reach, which sizes the compressed state
+      (``k_max = clip(round(max_density n), 1, n)``). Defaults to ``density`` at step 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state is a :class:`NanoAdamState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> tx = osp.nanoadam(learning_rate=0.1, density=0.5)
+    >>> params = {"w": jnp.array([[0.1, -2.0], [3.0, 0.2]])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+    >>> updates["w"]  # only the two smallest-magnitude entries move (3.16 * 0.1 at step one)
+    Array([[-0.31622764,  0.        ],
+           [ 0.        , -0.31622764]], dtype=float32)
+
+  References:
+    Zhou, Jacobs, Gadhikar, Burkholz, `Pay Attention to Small Weights
+    <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025.
+  """
+  check_scalar("learning_rate", learning_rate)
+  check_scalar("density", density, low=0.0, high=1.0, low_open=True)
+  if max_density is not None:
+    check_scalar("max_density", max_density, low=0.0, high=1.0, low_open=True,
+                 allow_schedule=False)
+  if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
+    raise ValueError(f"refresh_every must be a positive int; got {refresh_every!r}.")
+  check_scalar("b1", b1, low=0.0, high=1.0, high_open=True)
+  check_scalar("b2", b2, low=0.0, high=1.0, high_open=True)
+  check_scalar("eps", eps, low=0.0)
+  _eligibility.check_where("dense", dense)
+
+  def init_fn(params):
+    flags = _eligibility.eligible_tree(_default_dense if dense is None else dense, params, "dense")
+    if max_density is not None:
+      rho_max = float(max_density)
+    else:
+      try:
+        rho_max = float(evaluate(density, jnp.zeros([], jnp.int32)))
+      except jax.errors.ConcretizationTypeError:
+        raise ValueError(
+            "density is traced at init; pass max_density to size the compressed state."
+        ) from None
+    if not 0.0 < rho_max <= 1.0:
+      raise ValueError(f"max_density (or density at step 0) must be in (0, 1]; got {rho_max}.")
+
+    def leaf_init(p, is_dense):
+      if p is None:
+        return None
+      if is_dense:
+        zeros = jnp.zeros(p.shape, jnp.float32)
+        return NanoAdamDenseMoments(zeros, zeros)
+      n = p.size
+      k_max = min(max(1, round(rho_max * n)), n)
+      return NanoAdamSubsetMoments(
+          indices=jnp.full((k_max,), n, jnp.int32),
+          mu=jnp.zeros((k_max,), jnp.float32),
+          nu=jnp.zeros((k_max,), jnp.float32),
+          valid=jnp.zeros([], jnp.int32),
+      )
+
+    moments = jax.tree.map(leaf_init, params, flags, is_leaf=lambda x: x is None)
+    return NanoAdamState(count=jnp.zeros([], jnp.int32), moments=moments)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(base.NO_PARAMS_MSG)
+    count = state.count
+    lr = evaluate(learning_rate, count)
+    rho = evaluate(density, count)
+    t1 = (count + 1).astype(jnp.float32)
+    due = count % refresh_every == 0
+
+    def dense_step(g, mom):
+      g = g.astype(jnp.float32)
+      mu = b1 * mom.mu + (1.0 - b1) * g
+      nu = b2 * mom.nu + (1.0 - b2) * g * g
+      mu_hat = mu / (1.0 - b1**t1)
+      nu_hat = nu / (1.0 - b2**t1)
+      u = -lr * mu_hat / (jnp.sqrt(nu_hat) + eps)
+      ok = jnp.all(jnp.isfinite(u))
+      return jnp.where(ok, u, 0.0), NanoAdamDenseMoments(
+          jnp.where(ok, mu, mom.mu), jnp.where(ok, nu, mom.nu))
+
+    def subset_step(g, p, mom):
+      n = p.size
+      k = _k_of(rho, n, mom.indices.shape[0])
+      mom = jax.lax.cond(
+          due | (k != mom.valid),
+          lambda m: _refresh(jnp.abs(p.reshape(-1).astype(jnp.float32)), m, k),
+          lambda m: m,
+          mom,
+      )
+      g_sel = g.reshape(-1).at[mom.indices].get(mode="fill", fill_value=0).astype(jnp.float32)
+      mu = b1 * mom.mu + (1.0 - b1) * g_sel
+      nu = b2 * mom.nu + (1.0 - b2) * g_sel * g_sel
+      if bias_correction:
+        step = -lr * (mu / (1.0 - b1**t1)) / (jnp.sqrt(nu / (1.0 - b2**t1)) + eps)
+      else:
+        step = -lr * mu / (jnp.sqrt(nu) + eps)
+      ok = jnp.all(jnp.isfinite(step))
+      step = jnp.where(ok, step, 0.0)
+      u = jnp.zeros((n,), jnp.float32).at[mom.indices].set(step, mode="drop")
+      new = mom._replace(mu=jnp.where(ok, mu, mom.mu), nu=jnp.where(ok, nu, mom.nu))
+      return u.reshape(p.shape), new
+
+    def leaf_step(g, p, mom):
+      if g is None or mom is None:
+        return None, mom
+      if isinstance(mom, NanoAdamDenseMoments):
+        u, mom = dense_step(g, mom)
+      else:
+        u, mom = subset_step(g, p, mom)
+      return u.astype(p.dtype), mom
+
+    g_leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+    p_leaves = treedef.flatten_up_to(params)
+    m_leaves = treedef.flatten_up_to(state.moments)
+    out = [leaf_step(g, p, m) for g, p, m in zip(g_leaves, p_leaves, m_leaves, strict=True)]
+    new_updates = treedef.unflatten([u for u, _ in out])
+    new_moments = treedef.unflatten([m for _, m in out])
+    return new_updates, NanoAdamState(optax.safe_increment(count), new_moments)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
