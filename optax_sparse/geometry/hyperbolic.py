@@ -1,0 +1,327 @@
+"""HAM: the hyperbolic step that follows any base optimizer.
+
+Jacobs, Gadhikar, Rubio-Madrigal, Burkholz, *Hyperbolic Aware Minimization: Implicit Bias for
+Sparsity* (arXiv 2506.02630, ICLR 2026), deployed variant "HYP*" of the official wrapper
+(``HamOptimizerWrapper``). With the base step ``θ½ = θ_t − η_t d_t`` and the raw gradient ``g_t``
+taken at ``θ_t``::
+
+    e_t     = clip(−η_t (α · sign(θ½) ⊙ g_t + β), −5, 5)          (float32)
+    θ_{t+1} = where(θ½ ≠ 0, θ½ ⊙ exp(e_t), θ½)                     (eligible leaves)
+    θ_{t+1} ← θ_{t+1} · min(1, c_max / ‖θ_{t+1}‖₂)                 (every leaf, per tensor)
+
+:func:`hyperbolic_step` is step 2 and 3 alone; it emits ``u = θ_{t+1} − θ½`` where ``θ½`` is the
+parameter iterate it receives. :func:`ham` is ``compose(base, hyperbolic_step(...))``, so the
+hyperbolic step sees the same raw gradient as the base and the iterate the base left.
+
+Library decisions and open points (METHODS.md §2):
+
+* *Learning-rate coupling.* optax cannot read the base optimizer's learning rate, so the step
+  takes its own ``learning_rate`` (a ``ScalarOrSchedule``) evaluated on its own count, which
+  starts at 0 and advances once per ``update`` like the count of every optax optimizer: pass the
+  base's schedule and the two stay in lockstep.
+* *Post-step gradient clipping* of the official code (``clip_grad_norm_(20)`` after both steps)
+  has no effect on the step itself and is not ported.
+* *Non-finite values.* A leaf whose gradient is not finite (NaN or ±inf), or whose hyperbolic
+  result is not finite, keeps its pre-HAM value ``θ½`` unchanged (no weight-norm cap either);
+  the state counts such skips in ``skipped_leaves``. A leaf whose squared norm overflows float32
+  (norm above ~1.8e19) counts as non-finite. The base step is not guarded: wrap the base in
+  ``optax.chain(optax.zero_nans(), base)`` when its own state must survive NaN gradients.
+* *Eligible leaves*: ``ndim >= 2`` by default (``where`` overrides); the weight-norm cap acts on
+  every leaf, as in the official code; ``max_weight_norm=None`` switches it off.
+* Maths in float32, results cast back to the parameters' dtype. Entries that are exactly zero
+  stay exactly zero (the step is multiplicative).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_sparse import _eligibility, _hyperparams
+from optax_sparse.compose import compose
+from optax_sparse.geometry.mirror import mirror_descent
+from optax_sparse.geometry.potentials import Potential
+
+__all__ = [
+    "HyperbolicStepState", "ham", "hyperbolic_adamw", "hyperbolic_factor", "hyperbolic_step",
+]
+
+EXPONENT_CLIP = 5.0
+
+
+class HyperbolicStepState(NamedTuple):
+  """State of :func:`hyperbolic_step`.
+
+  Attributes:
+    count: int32 step counter on which ``learning_rate`` is evaluated (lockstep with the base).
+    skipped_leaves: int32 number of (leaf, step) pairs skipped because of non-finite values.
+  """
+
+  count: jnp.ndarray
+  skipped_leaves: jnp.ndarray
+
+
+def hyperbolic_factor(
+    params: jnp.ndarray,
+    grads: jnp.ndarray,
+    learning_rate: jnp.ndarray,
+    alpha: jnp.ndarray,
+    beta: jnp.ndarray,
+) -> jnp.ndarray:
+  """The per-leaf hyperbolic step in float32: ``θ·exp(clip(−η(α·sign(θ)·g + β), −5, 5))``.
+
+  Pure and elementwise, so that a fused kernel can replace it. Zero entries stay exactly zero.
+
+  Args:
+    params: the iterate ``θ½`` the step receives (any float dtype).
+    grads: the raw gradient, same shape.
+    learning_rate: scalar ``η_t``.
+    alpha: scalar ``α``.
+    beta: scalar ``β``.
+
+  Returns:
+    The new parameters in float32.
+  """
+  h = params.astype(jnp.float32)
+  g = grads.astype(jnp.float32)
+  e = jnp.clip(-learning_rate * (alpha * jnp.sign(h) * g + beta), -EXPONENT_CLIP, EXPONENT_CLIP)
+  return jnp.where(h != 0, h * jnp.exp(e), h)
+
+
+def _cap_scale(sq_norm: jnp.ndarray, max_weight_norm: float | None) -> jnp.ndarray:
+  if max_weight_norm is None:
+    return jnp.ones([], jnp.float32)
+  norm = jnp.sqrt(sq_norm)
+  return jnp.where(norm > max_weight_norm, max_weight_norm / norm, 1.0)
+
+
+def hyperbolic_step(
+    learning_rate: optax.ScalarOrSchedule,
+    alpha: float = 200.0,
+    beta: float = 1e-3,
+    *,
+    max_weight_norm: float | None = 1000.0,
+    where: _eligibility.Where = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""HAM's hyperbolic step on the iterate it receives, with the raw gradient it receives.
+
+  .. math::
+
+    \theta' = \theta \odot \exp(\mathrm{clip}(-\eta_t(\alpha\,\mathrm{sign}(\theta) \odot g +
+    \beta), -5, 5)), \qquad u = \min(1, c/\|\theta'\|_2)\,\theta' - \theta
+
+  The input ``updates`` must be the raw gradient: use it inside :func:`optax_sparse.compose`
+  after a base optimizer (that is :func:`ham`), never after another gradient transformation in
+  ``optax.chain``.
+
+  Args:
+    learning_rate: ``η_t``, the base optimizer's learning rate or schedule (``>= 0``).
+    alpha: ``α``, strength of the hyperbolic geometry (any finite number; 200 in the paper).
+    beta: ``β >= 0``, the lr-coupled multiplicative decay.
+    max_weight_norm: per-tensor L2 cap applied to every leaf, or ``None`` for no cap.
+    where: eligible leaves (default ``ndim >= 2``), a predicate or a static pytree of bools.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is :class:`HyperbolicStepState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> tx = osp.hyperbolic_step(0.1, alpha=1.0, beta=0.0)
+    >>> params = {"w": jnp.array([[1.0, 0.0]])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([[1.0, 1.0]])}, state, params)
+    >>> updates["w"]
+    Array([[-0.09516257,  0.        ]], dtype=float32)
+
+  References:
+    Jacobs, Gadhikar, Rubio-Madrigal, Burkholz, `Hyperbolic Aware Minimization: Implicit Bias
+    for Sparsity <https://arxiv.org/abs/2506.02630>`_, ICLR 2026.
+  """
+  _hyperparams.check_scalar("learning_rate", learning_rate, low=0.0)
+  _hyperparams.check_scalar("alpha", alpha, allow_schedule=False)
+  _hyperparams.check_scalar("beta", beta, low=0.0, allow_schedule=False)
+  if max_weight_norm is not None:
+    _hyperparams.check_scalar(
+        "max_weight_norm", max_weight_norm, low=0.0, low_open=True, allow_schedule=False)
+  _eligibility.check_where("where", where)
+
+  def init_fn(params):
+    del params
+    return HyperbolicStepState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    lr = _hyperparams.evaluate(learning_rate, state.count)
+    a = jnp.asarray(alpha, jnp.float32)
+    b = jnp.asarray(beta, jnp.float32)
+    eligible = _eligibility.eligible_tree(where, params)
+
+    def leaf(g, p, elig):
+      if p is None:
+        return None, jnp.zeros([], jnp.int32)
+      h = p.astype(jnp.float32)
+      if not elig:
+        if max_weight_norm is None:
+          return jnp.zeros_like(p), jnp.zeros([], jnp.int32)
+        new = h * _cap_scale(jnp.sum(h * h), max_weight_norm)
+        return (new - h).astype(p.dtype), jnp.zeros([], jnp.int32)
+      new = hyperbolic_factor(h, g, lr, a, b)
+      sq_norm = jnp.sum(new * new)
+      ok = jnp.isfinite(sq_norm) & jnp.all(jnp.isfinite(g))
+      new = new * _cap_scale(sq_norm, max_weight_norm)
+      out = jnp.where(ok, new, h)
+      return (out - h).astype(p.dtype), (~ok).astype(jnp.int32)
+
+    pairs = jax.tree.map(leaf, updates, params, eligible, is_leaf=lambda x: x is None)
+    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2  # noqa: E731
+    new_updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
+    skipped = sum((t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)),
+                  jnp.zeros([], jnp.int32))
+    return new_updates, HyperbolicStepState(
+        optax.safe_increment(state.count), state.skipped_leaves + skipped)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def ham(
+    base: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule,
+    alpha: float = 200.0,
+    beta: float = 1e-3,
+    *,
+    max_weight_norm: float | None = 1000.0,
+    where: _eligibility.Where = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""HAM: a base optimizer step followed by the hyperbolic step with the same raw gradient.
+
+  .. math::
+
+    \theta_{t+1/2} = \theta_t + u^{base}_t, \qquad
+    \theta_{t+1} = \theta_{t+1/2} \odot \exp(\mathrm{clip}(-\eta_t(\alpha\,
+    \mathrm{sign}(\theta_{t+1/2}) \odot g_t + \beta), -5, 5))
+
+  Equal to ``osp.compose(base, osp.hyperbolic_step(learning_rate, alpha, beta, ...))``. Pass the
+  base optimizer's own learning rate or schedule as ``learning_rate`` (open point: optax cannot
+  read it from the base); both counts start at 0 and advance together.
+
+  Args:
+    base: any optax optimizer (it must include its learning rate, as ``optax.sgd`` does).
+    learning_rate: the base's learning rate or schedule ``η_t`` (``>= 0``).
+    alpha: ``α`` (paper default 200).
+    beta: ``β >= 0`` (paper default 1e-3; tune it like weight decay).
+    max_weight_norm: per-tensor L2 cap on every leaf (official default 1000), ``None`` for none.
+    where: leaves that take the hyperbolic step (default ``ndim >= 2``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``ComposeState``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_sparse as osp
+    >>> lr = optax.cosine_decay_schedule(0.1, 1000)
+    >>> tx = osp.ham(optax.sgd(lr, momentum=0.9), learning_rate=lr)
+    >>> params = {"w": jnp.ones((2, 2)), "b": jnp.zeros((2,))}
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.full((2, 2), 0.01), "b": jnp.ones((2,))}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> optax.apply_updates(params, updates)["w"].round(4)  # 0.999 * exp(-0.1 * (2 + 1e-3))
+    Array([[0.8178, 0.8178],
+           [0.8178, 0.8178]], dtype=float32)
+
+  References:
+    Jacobs, Gadhikar, Rubio-Madrigal, Burkholz, `Hyperbolic Aware Minimization: Implicit Bias
+    for Sparsity <https://arxiv.org/abs/2506.02630>`_, ICLR 2026.
+  """
+  if not isinstance(base, optax.GradientTransformation):
+    raise ValueError(f"base must be an optax.GradientTransformation; got {base!r}.")
+  return compose(
+      base,
+      hyperbolic_step(learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where),
+  )
+
+
+_ORDERS = ("adamw_first", "mirror_first")
+
+
+def hyperbolic_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+    alpha: float = 200.0,
+    beta: float = 1e-3,
+    *,
+    order: str = "adamw_first",
+    potential: Potential | None = None,
+    max_weight_norm: float | None = 1000.0,
+    where: _eligibility.Where = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Hyperbolic AdamW (proxy): AdamW composed with a hyperbolic mirror step.
+
+  .. math::
+
+    \theta_{t+1} = M_{\eta_t}(A_{\eta_t}(\theta_t)) \;\;(\texttt{adamw\_first}) \quad\text{or}\quad
+    A_{\eta_t}(M_{\eta_t}(\theta_t)) \;\;(\texttt{mirror\_first})
+
+  where ``A`` is an ``optax.adamw`` step and ``M`` is HAM's hyperbolic step
+  (:func:`hyperbolic_step`, α, β) or, with ``potential``, a mirror-descent step
+  (:func:`optax_sparse.mirror_descent`, ``other_leaves="keep"``); both receive the raw gradient
+  through :func:`optax_sparse.compose`.
+
+  What is published (HORST, arXiv 2605.21104, abstract only): optimizer steps composed as
+  non-commuting operators, an Adam-type step for an L∞ bias and a hyperbolic mirror map for an
+  L1 bias. Library choices, not the paper's rule (which is not public): the operator order
+  (default AdamW first, configurable), the mirror input (the raw gradient), the mirror step
+  (HAM's, with its published defaults α = 200, β = 1e-3), the scope (``ndim >= 2``) and the
+  absence of a sparsifier. This is a proxy; do not call it HORST's rule.
+
+  Args:
+    learning_rate: ``η_t >= 0``, shared by both steps (a number or a schedule).
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's ``ε``.
+    weight_decay: AdamW's decoupled decay (optax convention).
+    alpha: ``α`` of the hyperbolic step.
+    beta: ``β`` of the hyperbolic step.
+    order: ``"adamw_first"`` or ``"mirror_first"``.
+    potential: a potential for a mirror-descent step instead of HAM's step (α, β unused then).
+    max_weight_norm: per-tensor cap of the hyperbolic step (``None`` for none).
+    where: leaves that take the mirror step (default ``ndim >= 2``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state ``ComposeState``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> tx = osp.hyperbolic_adamw(1e-3, order="mirror_first")
+    >>> params = {"w": jnp.ones((2, 2))}
+    >>> updates, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+    >>> updates["w"].shape
+    (2, 2)
+
+  References:
+    Jacobs, Jain, Burkholz, `HORST: Composing Optimizer Geometries for Sparse Transformer
+    Training <https://arxiv.org/abs/2605.21104>`_, 2026.
+    Jacobs, Gadhikar, Rubio-Madrigal, Burkholz, `Hyperbolic Aware Minimization: Implicit Bias
+    for Sparsity <https://arxiv.org/abs/2506.02630>`_, ICLR 2026.
+  """
+  if order not in _ORDERS:
+    raise ValueError(f"order must be one of {_ORDERS}; got {order!r}.")
+  _hyperparams.check_scalar("weight_decay", weight_decay, low=0.0)
+  adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  if potential is None:
+    mirror = hyperbolic_step(
+        learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where)
+  else:
+    mirror = mirror_descent(learning_rate, potential, where=where, other_leaves="keep")
+  steps = (adamw, mirror) if order == "adamw_first" else (mirror, adamw)
+  return compose(*steps)
