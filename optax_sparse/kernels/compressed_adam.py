@@ -30,6 +30,7 @@ the transformation that calls it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -66,6 +67,7 @@ def _scalars(learning_rate, b1, b2, eps, c1, c2):
   return [jnp.asarray(v, jnp.float32).reshape(()) for v in (learning_rate, b1, b2, eps, c1, c2)]
 
 
+@functools.partial(jax.jit, static_argnames=("dtype",))
 def compressed_adam_update_xla(
     grads: jax.Array,
     indices: jax.Array,
@@ -97,6 +99,7 @@ def _kernel(s_ref, g_ref, idx_ref, mu_ref, nu_ref, step_ref, mu_out, nu_out):
   nu_out[...] = nu
 
 
+@functools.partial(jax.jit, static_argnames=("dtype", "interpret"))
 def compressed_adam_update_pallas(
     grads: jax.Array,
     indices: jax.Array,

@@ -27,6 +27,8 @@ Library decisions and what is NOT in the kernel:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -48,6 +50,7 @@ def _ham_maths(theta, grads, base, mask, lr, alpha, beta):
   return h - theta
 
 
+@jax.jit
 def hyperbolic_mask_update_xla(
     params: jax.Array,
     grads: jax.Array,
@@ -79,6 +82,7 @@ def _kernel(s_ref, theta_ref, g_ref, u_ref, *rest):
   o_ref[...] = out.astype(o_ref.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("interpret",))
 def hyperbolic_mask_update_pallas(
     params: jax.Array,
     grads: jax.Array,

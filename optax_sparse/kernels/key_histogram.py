@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 
 from optax_sparse.kernels import dispatch
@@ -79,13 +80,24 @@ def _digits(keys, shift, bits, prefix, prefix_mask, valid):
   return jnp.where(match, digit, nbins)
 
 
+def _as_u32(value) -> jax.Array:
+  """uint32 view of a prefix or mask given as a Python int (up to 2**32 - 1) or an array."""
+  if isinstance(value, int):
+    return jnp.asarray(np.uint32(value))
+  return jnp.asarray(value).astype(jnp.uint32)
+
+
+@functools.partial(jax.jit, static_argnames=("shift", "bits"))
+def _histogram_xla(scores, prefix, prefix_mask, *, shift, bits):
+  keys = float_to_key(jnp.ravel(scores))
+  digit = _digits(keys, shift, bits, prefix, prefix_mask, True)
+  return jnp.bincount(digit, length=(1 << bits) + 1)[:-1].astype(jnp.int32)
+
+
 def key_histogram_xla(scores, shift: int, bits: int, prefix=0, prefix_mask=0) -> jax.Array:
   """Pure-jnp twin of :func:`key_histogram` (a ``bincount``)."""
   _check_digit(shift, bits)
-  keys = float_to_key(jnp.ravel(scores))
-  digit = _digits(keys, shift, bits, jnp.asarray(prefix, jnp.uint32),
-                  jnp.asarray(prefix_mask, jnp.uint32), True)
-  return jnp.bincount(digit, length=(1 << bits) + 1)[:-1].astype(jnp.int32)
+  return _histogram_xla(scores, _as_u32(prefix), _as_u32(prefix_mask), shift=shift, bits=bits)
 
 
 def _kernel(p_ref, x_ref, o_ref, *, size, shift, bits, block):
@@ -110,7 +122,12 @@ def key_histogram_pallas(
 ) -> jax.Array:
   """Pallas version of :func:`key_histogram` (per-block counts, summed outside)."""
   _check_digit(shift, bits)
-  interpret = dispatch.resolve_interpret(interpret)
+  return _histogram_pallas(scores, _as_u32(prefix), _as_u32(prefix_mask), shift=shift, bits=bits,
+                           interpret=dispatch.resolve_interpret(interpret))
+
+
+@functools.partial(jax.jit, static_argnames=("shift", "bits", "interpret"))
+def _histogram_pallas(scores, prefix, prefix_mask, *, shift, bits, interpret):
   scores = jnp.asarray(scores)
   if not jnp.issubdtype(scores.dtype, jnp.floating):
     scores = scores.astype(jnp.float32)
@@ -121,8 +138,7 @@ def key_histogram_pallas(
   grid = pl.cdiv(rows, block)
   nbins = 1 << bits
   params = jnp.zeros((1, dispatch.LANES), jnp.uint32)
-  params = params.at[0, 0].set(jnp.asarray(prefix, jnp.uint32))
-  params = params.at[0, 1].set(jnp.asarray(prefix_mask, jnp.uint32))
+  params = params.at[0, 0].set(prefix).at[0, 1].set(prefix_mask)
   kernel = functools.partial(_kernel, size=size, shift=shift, bits=bits, block=block)
   counts = pl.pallas_call(
       kernel,
@@ -223,9 +239,14 @@ def radix_select_threshold(
   if not isinstance(bits, int) or bits < 1 or bits > 16 or 32 % bits:
     raise ValueError(f"bits must be one of 1, 2, 4, 8, 16, got {bits!r}.")
   backend = dispatch.resolve_backend(backend)
-  size = math.prod(jnp.shape(scores))
-  if size == 0:
+  if math.prod(jnp.shape(scores)) == 0:
     raise ValueError("scores must have at least one entry, got an empty array.")
+  return _radix_select(scores, k, bits=bits, backend=backend, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "backend", "interpret"))
+def _radix_select(scores, k, *, bits, backend, interpret):
+  size = math.prod(scores.shape)
   target = jnp.clip(jnp.asarray(k, jnp.int32), 1, size)
   remaining = target
   prefix = jnp.uint32(0)
