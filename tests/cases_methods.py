@@ -4,6 +4,8 @@ from common_cases import Case
 
 CASES: list[Case] = []
 
+import optax  # noqa: E402
+
 import optax_sparse as osp  # noqa: E402
 
 # NanoAdam freezes its largest weights by design: on the mixed target an entry that overshoots its
@@ -19,4 +21,14 @@ CASES.append(Case(
     "nanoadam_full_density", osp.nanoadam,
     {"learning_rate": 1e-2, "density": 1.0, "refresh_every": 10},
     static_args=("refresh_every",), targets=("mixed",),
+))
+
+
+def _sign_in_sgd(learning_rate, reset_every=50, gamma=1.0):
+  return osp.sign_in(optax.sgd(learning_rate, momentum=0.9), reset_every=reset_every, gamma=gamma)
+
+
+CASES.append(Case(
+    "sign_in_sgd", _sign_in_sgd, {"learning_rate": 1e-3, "reset_every": 50, "gamma": 1.0},
+    static_args=("reset_every",), steps=5000,
 ))

@@ -6,10 +6,14 @@ from optax_sparse.methods.nanoadam import (
     NanoAdamSubsetMoments,
     nanoadam,
 )
+from optax_sparse.methods.sign_in import SignInState, count_sign_flips, sign_in
 
 __all__: list[str] = [
     "NanoAdamDenseMoments",
     "NanoAdamState",
     "NanoAdamSubsetMoments",
     "nanoadam",
+    "SignInState",
+    "count_sign_flips",
+    "sign_in",
 ]
