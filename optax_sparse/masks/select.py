@@ -1,0 +1,380 @@
+"""Sort-free selection of the k largest (or smallest) entries, N:M groups and blocks.
+
+Every mask in the library is built here. The functions are pure ``jax.numpy``, usable under
+``jax.jit`` with a *traced* ``k`` (a sparsity schedule evaluated inside ``update``), and never sort
+a whole array nor build an index array of the array's size.
+
+Algorithm (threshold search plus an index tie-fix). Each score is mapped to the order-preserving
+unsigned integer key of its float32 bit pattern (bf16/f16/integer scores are upcast to float32
+first): for a non-negative float the sign bit is set, for a negative float all bits are flipped,
+so that unsigned integer order equals float order, ``-0.0`` and ``0.0`` share one key, ``-inf``
+is the lowest float key, and **NaN is ranked below every number** (key 0). The key ``T`` of the
+k-th largest entry is found digit by digit from the most significant bit, ``_BITS`` bits per
+pass: each pass counts, for the ``2**_BITS - 1`` candidate digits, how many keys are ``>=`` the
+candidate, in one fused ``O(N)`` reduction. ``32 / _BITS`` passes give ``T`` exactly. Then all
+entries with key ``> T`` are kept, and the remaining ``r = k - #{key > T}`` slots go to the entries
+tied at ``T`` with the lowest flat indices: the tie mask is viewed as rows of ``_ROW`` entries, a
+per-row count and a small prefix sum over rows locate the row where the cut falls, and a prefix
+sum of that single row finishes the cut. The mask has exactly ``k`` True entries (``k`` clamped to
+``[0, n]``), and it equals the first ``k`` entries of a stable descending argsort.
+
+Library decisions (METHODS.md §11, §13 row 18):
+
+* ``k = max(1, round(n * density))`` clipped to ``[0, n]`` (``count_for_density``); rounding is
+  half-to-even, computed exactly for Python numbers and in float32 for traced densities.
+* Ties are broken by the lower flat index (global selection: by leaf order, then flat index).
+* NaN scores rank lowest in both directions: ``select_top_k`` keeps them last, ``select_bottom_k``
+  picks them first (a NaN weight is the first to drop).
+* N:M groups default to the fan-in axis ``-2`` (Flax kernels ``(in, out)`` and
+  ``(kh, kw, in, out)``), METHODS.md §12.9 / §13 row 17.
+* Blocks are scored by the mean absolute score over the block's entries (partial edge blocks
+  average over their valid entries only); shapes not divisible by the block are handled by
+  partial edge blocks, never an error.
+
+References:
+  Evci et al., *Rigging the Lottery: Making All Tickets Winners*, arXiv 1911.11134.
+  Zhou et al., *Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch*,
+  arXiv 2102.04010.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "block_mask",
+    "count_for_density",
+    "nm_mask",
+    "score_keys",
+    "select_bottom_k",
+    "select_top_k",
+    "select_top_k_global",
+]
+
+# Bits of the key resolved per counting pass; 32 must be a multiple of it.
+_BITS = 4
+# Row length of the tie-fix view.
+_ROW = 1024
+
+
+def count_for_density(n: int, density: Any) -> jnp.ndarray:
+  """Number of entries kept out of ``n`` at ``density``, as an int32 scalar.
+
+  .. math::
+    k = \\min(n, \\max(0, \\max(1, \\operatorname{round}(n \\cdot d))))
+
+  The ``max(1, .)`` keeps at least one entry of a non-empty leaf (jaxpruner's rule); rounding is
+  half-to-even. Python numbers are computed exactly; a traced density in float32 (for
+  ``n > 2**24`` the count may then be off by a few entries, never outside ``[0, n]``).
+
+  Args:
+    n: the number of entries (a static Python int).
+    density: the kept fraction, a Python float or a traced scalar.
+
+  Returns:
+    An int32 scalar in ``[0, n]``.
+
+  Examples:
+    >>> import optax_sparse as osp
+    >>> int(osp.count_for_density(10, 0.25))
+    2
+    >>> int(osp.count_for_density(10, 0.0))
+    1
+  """
+  n = int(n)
+  if isinstance(density, (int, float, np.floating, np.integer)):
+    k = max(1, round(n * float(density)))
+    return jnp.asarray(min(max(k, 0), n), jnp.int32)
+  d = jnp.asarray(density, jnp.float32)
+  k = jnp.maximum(1.0, jnp.round(jnp.float32(n) * d))
+  return jnp.clip(k, 0, n).astype(jnp.int32)
+
+
+def score_keys(scores: jnp.ndarray) -> jnp.ndarray:
+  """Order-preserving uint32 keys of ``scores`` (flattened); NaN maps to 0, below ``-inf``.
+
+  Args:
+    scores: an array of any float (or integer) dtype; non-float32 dtypes are upcast to float32.
+
+  Returns:
+    A flat uint32 array with ``key(a) < key(b)`` iff ``a < b`` for non-NaN ``a, b``.
+  """
+  x = jnp.asarray(scores).reshape(-1).astype(jnp.float32)
+  # -0.0 and 0.0 must share a key.
+  x = jnp.where(x == 0, jnp.float32(0), x)
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  sign = bits >> 31
+  key = jnp.where(sign == 1, ~bits, bits | jnp.uint32(0x80000000))
+  return jnp.where(jnp.isnan(x), jnp.uint32(0), key)
+
+
+def _kth_key(keys: Sequence[jnp.ndarray], k: jnp.ndarray) -> jnp.ndarray:
+  """The largest ``T`` with ``#{key >= T} >= k`` summed over ``keys``; ``0xFFFFFFFF`` if k = 0."""
+  n_cand = (1 << _BITS) - 1
+  digits = jnp.arange(1, n_cand + 1, dtype=jnp.uint32)
+
+  def body(i, t):
+    shift = (32 - _BITS * (i + 1)).astype(jnp.uint32)
+    cands = t | (digits << shift)
+    counts = sum(
+        jnp.sum(key[:, None] >= cands[None, :], axis=0, dtype=jnp.int32) for key in keys
+    )
+    # Counts decrease with the digit; the number of candidates still holding k is the digit.
+    digit = jnp.sum(counts >= k, dtype=jnp.uint32)
+    return t | (digit << shift)
+
+  return jax.lax.fori_loop(0, 32 // _BITS, body, jnp.uint32(0))
+
+
+def _take_ties(key: jnp.ndarray, t: jnp.ndarray, r: jnp.ndarray) -> jnp.ndarray:
+  """Flat mask ``key > t`` plus the first ``r`` entries (by flat index) with ``key == t``."""
+  n = key.shape[0]
+  rows = max(1, -(-n // _ROW))
+  pad = rows * _ROW - n
+  gt = key > t
+  tie = jnp.pad(key == t, (0, pad)).reshape(rows, _ROW)
+  row_ties = jnp.sum(tie, axis=1, dtype=jnp.int32)
+  before = jnp.cumsum(row_ties) - row_ties  # ties in earlier rows
+  # The row where the cut falls: the last row whose earlier ties are fewer than r.
+  cut_row = jnp.maximum(jnp.sum(before < r, dtype=jnp.int32) - 1, 0)
+  left = r - before[cut_row]
+  in_row = jnp.cumsum(jax.lax.dynamic_index_in_dim(tie, cut_row, 0, keepdims=False),
+                      dtype=jnp.int32) <= left
+  row_id = jnp.arange(rows, dtype=jnp.int32)[:, None]
+  take = tie & ((row_id < cut_row) | ((row_id == cut_row) & in_row[None, :]))
+  take = take.reshape(-1)[:n]
+  return gt | take
+
+
+def _count_gt(key: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(key > t, dtype=jnp.int32)
+
+
+def _clamp_k(k: Any, n: int) -> jnp.ndarray:
+  return jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
+
+
+def _select_by_keys(key: jnp.ndarray, k: Any, shape: tuple[int, ...]) -> jnp.ndarray:
+  n = key.shape[0]
+  if n == 0:
+    return jnp.zeros(shape, bool)
+  k = _clamp_k(k, n)
+  t = _kth_key([key], k)
+  r = k - _count_gt(key, t)
+  return _take_ties(key, t, r).reshape(shape)
+
+
+def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
+  """Boolean mask of the ``k`` largest entries of ``scores``, ties by lower flat index.
+
+  .. math::
+    M_i = 1 \\iff \\#\\{j : s_j > s_i\\} + \\#\\{j < i : s_j = s_i\\} < k
+
+  Exactly ``min(max(k, 0), n)`` entries are True. The threshold is found by a radix search over
+  the order-preserving integer keys of the float32 bit pattern (``32 / 4`` fused counting passes),
+  then ties are cut by flat index; nothing is sorted. NaN ranks below ``-inf``.
+
+  Args:
+    scores: an array of any shape; bf16/f16/integer scores are upcast to float32.
+    k: the number of entries to keep: a Python int or a traced int scalar (no recompilation
+      for a new value).
+
+  Returns:
+    A bool array of ``scores.shape``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> osp.select_top_k(jnp.array([0.5, 2.0, 1.0, 2.0]), 2).tolist()
+    [False, True, False, True]
+    >>> osp.select_top_k(jnp.array([1.0, 1.0, 1.0]), 2).tolist()
+    [True, True, False]
+  """
+  scores = jnp.asarray(scores)
+  return _select_by_keys(score_keys(scores), k, scores.shape)
+
+
+def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
+  """Boolean mask of the ``k`` smallest entries of ``scores``, ties by lower flat index.
+
+  NaN ranks lowest, so NaN entries are selected first. Otherwise as ``select_top_k``.
+
+  Args:
+    scores: an array of any shape.
+    k: the number of entries to select (Python or traced int).
+
+  Returns:
+    A bool array of ``scores.shape`` with exactly ``clip(k, 0, n)`` True entries.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> osp.select_bottom_k(jnp.array([0.5, 2.0, 1.0, 0.5]), 2).tolist()
+    [True, False, False, True]
+  """
+  scores = jnp.asarray(scores)
+  return _select_by_keys(~score_keys(scores), k, scores.shape)
+
+
+def select_top_k_global(scores_tree: Any, k: Any) -> Any:
+  """Masks with exactly ``k`` True entries in total over all leaves of ``scores_tree``.
+
+  One threshold is searched over all leaves at once: every counting pass sums per-leaf counts (a
+  reduction across leaves, never a concatenation). Ties are broken by leaf order (the order of
+  ``jax.tree.leaves``), then flat index. ``None`` leaves are skipped and stay ``None``.
+
+  Args:
+    scores_tree: a pytree of score arrays (``None`` leaves allowed).
+    k: the total number of entries to keep (Python or traced int).
+
+  Returns:
+    A pytree of bool arrays with the structure of ``scores_tree``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> m = osp.select_top_k_global({'a': jnp.array([3.0, 1.0]), 'b': jnp.array([2.0])}, 2)
+    >>> m['a'].tolist(), m['b'].tolist()
+    ([True, False], [True])
+  """
+  leaves, treedef = jax.tree.flatten(scores_tree, is_leaf=lambda x: x is None)
+  present = [i for i, x in enumerate(leaves) if x is not None and jnp.size(x) > 0]
+  out: list[Any] = [
+      None if x is None else jnp.zeros(jnp.shape(x), bool) for x in leaves
+  ]
+  if not present:
+    return jax.tree.unflatten(treedef, out)
+  keys = [score_keys(leaves[i]) for i in present]
+  n = sum(key.shape[0] for key in keys)
+  k = _clamp_k(k, n)
+  t = _kth_key(keys, k)
+  r = k - sum(_count_gt(key, t) for key in keys)
+  ties = jnp.stack([jnp.sum(key == t, dtype=jnp.int32) for key in keys])
+  before = jnp.cumsum(ties) - ties
+  for j, i in enumerate(present):
+    left = jnp.clip(r - before[j], 0, ties[j])
+    out[i] = _take_ties(keys[j], t, left).reshape(jnp.shape(leaves[i]))
+  return jax.tree.unflatten(treedef, out)
+
+
+def nm_mask(scores: jnp.ndarray, n: int, m: int, axis: int = -2) -> jnp.ndarray:
+  """N:M mask: in each group of ``m`` consecutive entries along ``axis`` keep the ``n`` largest.
+
+  Exactly ``n`` entries are kept per group; ties by lower index within the group, NaN lowest.
+  The default axis is the fan-in (reduction) axis of Flax kernels, ``-2`` for ``(in, out)`` and
+  ``(kh, kw, in, out)``, which 2:4 sparse tensor cores need (METHODS.md §12.9, open point 17).
+  Ranks are computed by pairwise comparison inside each group (``O(N·m)``), no sort.
+
+  Args:
+    scores: an array with at least one dimension.
+    n: kept entries per group, ``0 <= n <= m``.
+    m: group size, ``m >= 1``; the length of ``axis`` must be divisible by ``m``.
+    axis: the grouping axis.
+
+  Returns:
+    A bool array of ``scores.shape``.
+
+  Raises:
+    ValueError: naming ``n``, ``m`` or ``axis`` when they are invalid for ``scores``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> osp.nm_mask(jnp.array([[1.0], [4.0], [3.0], [2.0]]), 2, 4).ravel().tolist()
+    [False, True, True, False]
+  """
+  if not isinstance(m, (int, np.integer)) or m < 1:
+    raise ValueError(f"m must be an integer >= 1; got {m!r}.")
+  if not isinstance(n, (int, np.integer)) or n < 0 or n > m:
+    raise ValueError(f"n must be an integer with 0 <= n <= m = {m}; got {n!r}.")
+  scores = jnp.asarray(scores)
+  if scores.ndim == 0:
+    raise ValueError(f"nm_mask needs an array with at least one axis; got shape {scores.shape}.")
+  if not -scores.ndim <= axis < scores.ndim:
+    raise ValueError(f"axis must be in [-{scores.ndim}, {scores.ndim}); got {axis!r}.")
+  length = scores.shape[axis]
+  if length % m:
+    raise ValueError(
+        f"axis {axis} of length {length} (shape {scores.shape}) is not divisible by m = {m}."
+    )
+  moved = jnp.moveaxis(scores, axis, -1)
+  key = score_keys(moved).reshape(moved.shape[:-1] + (length // m, m))
+  idx = jnp.arange(m)
+  # rank_i = #{j : key_j > key_i} + #{j < i : key_j = key_i}
+  above = (key[..., None, :] > key[..., :, None]) | (
+      (key[..., None, :] == key[..., :, None]) & (idx[None, :] < idx[:, None])
+  )
+  rank = jnp.sum(above, axis=-1, dtype=jnp.int32)
+  keep = (rank < n).reshape(moved.shape)
+  return jnp.moveaxis(keep, -1, axis)
+
+
+def block_mask(
+    scores: jnp.ndarray,
+    block_shape: Sequence[int],
+    k_blocks: Any = None,
+    *,
+    density: Any = None,
+) -> jnp.ndarray:
+  """Block mask: keep the blocks with the largest mean ``|score|``.
+
+  The array is tiled by ``block_shape`` (aligned to the last dimensions; leading dimensions not
+  covered by ``block_shape`` are blocks of size 1). Shapes not divisible by the block get
+  partial edge blocks, scored by the mean over their valid entries. Exactly ``k_blocks`` blocks
+  are kept (ties by block flat index); with ``density`` the count is
+  ``count_for_density(number_of_blocks, density)``, so the kept fraction of *entries* is only
+  approximately ``density`` when edge blocks are partial.
+
+  Args:
+    scores: an array with at least ``len(block_shape)`` dimensions.
+    block_shape: the block size along the trailing dimensions, each ``>= 1``.
+    k_blocks: number of blocks kept (Python or traced int); exclusive with ``density``.
+    density: kept fraction of blocks (Python or traced float).
+
+  Returns:
+    A bool array of ``scores.shape``, constant over each block.
+
+  Raises:
+    ValueError: for a bad ``block_shape`` or when not exactly one of ``k_blocks``/``density``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> s = jnp.array([[1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 5.0, 5.0]])
+    >>> osp.block_mask(s, (2, 2), 1).astype(int).tolist()
+    [[0, 0, 1, 1], [0, 0, 1, 1]]
+  """
+  scores = jnp.asarray(scores)
+  block_shape = tuple(int(b) for b in block_shape)
+  if not block_shape or any(b < 1 for b in block_shape) or len(block_shape) > scores.ndim:
+    raise ValueError(
+        f"block_shape must be a non-empty tuple of ints >= 1 with at most {scores.ndim} "
+        f"entries; got {block_shape!r}."
+    )
+  if (k_blocks is None) == (density is None):
+    raise ValueError(
+        f"give exactly one of k_blocks and density; got k_blocks={k_blocks!r}, "
+        f"density={density!r}."
+    )
+  full = (1,) * (scores.ndim - len(block_shape)) + block_shape
+  nb = tuple(-(-s // b) for s, b in zip(scores.shape, full, strict=True))
+  pads = [(0, g * b - s) for s, b, g in zip(scores.shape, full, nb, strict=True)]
+  a = jnp.pad(jnp.abs(scores.astype(jnp.float32)), pads)
+  valid = jnp.pad(jnp.ones(scores.shape, jnp.float32), pads)
+  split = tuple(x for g, b in zip(nb, full, strict=True) for x in (g, b))
+  inner = tuple(range(1, 2 * scores.ndim, 2))
+  block_sum = a.reshape(split).sum(axis=inner)
+  block_cnt = valid.reshape(split).sum(axis=inner)
+  block_score = block_sum / block_cnt
+  n_blocks = math.prod(nb)
+  k = count_for_density(n_blocks, density) if density is not None else k_blocks
+  keep = select_top_k(block_score, k)
+  for ax, b in enumerate(full):
+    keep = jnp.repeat(keep, b, axis=ax, total_repeat_length=keep.shape[ax] * b)
+  return keep[tuple(slice(0, s) for s in scores.shape)]
