@@ -1,0 +1,78 @@
+"""Every script in examples/ runs in its fast mode and does what it says."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_example_is_tested():
+  tested = {"quickstart", "flax_nnx", "flax_linen_trainstate", "nanoadam_finetune",
+            "char_transformer", "nm_2_4", "checkpointing"}
+  assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_quickstart(capsys):
+  out = _load("quickstart").main(["--fast"])
+  assert out["loss"] < out["initial_loss"]
+  assert abs(out["sparsity"] - 0.9) < 0.01
+  assert "sparsity of w" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["flax_nnx", "flax_linen_trainstate"])
+def test_flax_examples_learn_and_stay_sparse(name, capsys):
+  accuracy = _load(name).main(["--fast"])
+  assert accuracy > 0.3  # chance is 0.1
+  printed = capsys.readouterr().out
+  sparsity = float(printed.split("kernel sparsity ")[1].split("%")[0]) / 100
+  assert abs(sparsity - 0.8) < 0.02 if name == "flax_linen_trainstate" else sparsity > 0.5
+
+
+def test_nanoadam_finetune_changes_few_weights():
+  import jax
+
+  example = _load("nanoadam_finetune")
+  report = example.main(["--fast"])
+  pretrained = report["pretrained"]
+
+  def changed(p):
+    return sum(int(jnp.sum(a != b)) for a, b in
+               zip(jax.tree.leaves(p), jax.tree.leaves(pretrained), strict=True))
+
+  total = sum(a.size for a in jax.tree.leaves(pretrained))
+  assert 0 < changed(report["nanoadam"]) < 0.3 * total
+  assert changed(report["adamw"]) > 0.9 * total
+  data = example.load_digits_flat()["shifted"]
+  assert example.accuracy(report["nanoadam"], *data[2:]) > example.accuracy(pretrained, *data[2:])
+
+
+def test_char_transformer_learns():
+  val = _load("char_transformer").main(["--fast"])
+  assert math.isfinite(val) and val < 4.0  # a uniform guess over ~88 characters is ln 88 = 4.48
+
+
+def test_nm_2_4_pattern_holds():
+  example = _load("nm_2_4")
+  for params in example.main(["--fast"]).values():
+    for key in ("w1", "w2"):
+      assert example.max_nonzeros_per_group(params[key]) <= 2
+      assert np.mean(np.asarray(params[key]) == 0) >= 0.5
+
+
+def test_checkpointing_example_resumes_bit_identically(capsys):
+  _load("checkpointing").main(["--fast"])
+  assert "bit-identical: True" in capsys.readouterr().out
