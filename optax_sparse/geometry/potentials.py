@@ -21,8 +21,11 @@ Numerics and library decisions (METHODS.md §4.3, proposed defaults):
   The quadratic potential is not clamped (mirror descent with it is SGD exactly) and neither is
   the power potential, whose dual is not in log units.
 * Hyperbolic entropy uses the overflow-free form ``θ' = θ·cosh δ − hypot(θ, a)·sinh δ`` (from
-  ``sinh(A − B)``): no arcsinh/sinh round trip, no overflow for large ``θ``.
-* HAM-log uses ``log1p``/``expm1``; all maps are computed in float32.
+  ``sinh(A − B)``): no arcsinh/sinh round trip, no overflow for large ``θ``. Where ``θ·δ > 0``
+  (a step towards zero) its terms cancel, so there the equal form
+  ``(θ − a sinh δ)(θ + a sinh δ)/(θ cosh δ + hypot(θ, a) sinh δ)`` is used.
+* HAM-log uses ``log1p``/``expm1``, switching to ``log α + log|θ|`` and ``exp(|w| − log α)``
+  where ``α|θ|`` or ``expm1`` would overflow; all maps are computed in float32.
 * Time-dependent scale (PILoT, Mask in the Mirror): ``hyperbolic_entropy`` accepts a schedule for
   ``scale``; it is evaluated once per step, at the step's count, and used for both the forward
   and the inverse map of that step (open point: the scheme ``∇φ_{t+1}(θ_{t+1}) = ∇φ_t(θ_t) − δ``
@@ -43,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -61,6 +65,7 @@ __all__ = [
 ]
 
 DUAL_CLIP = 5.0
+_BIG = 1e30
 
 Array = jnp.ndarray
 
@@ -86,6 +91,40 @@ class Potential(NamedTuple):
 
 def _clip(d: Array) -> Array:
   return jnp.clip(d, -DUAL_CLIP, DUAL_CLIP)
+
+
+def _hypentropy_step(theta: Array, d: Array, a: Array) -> Array:
+  """``a·sinh(arcsinh(θ/a) − d)`` without overflow and without cancellation.
+
+  ``θ cosh d − r sinh d`` with ``r = hypot(θ, a)`` never overflows for representable results;
+  when ``θ·d > 0`` (a step towards zero) its two terms cancel, so there we use the equal form
+  ``(θ − a sinh d)·(θ + a sinh d)/(θ cosh d + r sinh d)``, whose denominator adds terms of one
+  sign (``r² − θ² = a²``).
+  """
+  c, s = jnp.cosh(d), jnp.sinh(d)
+  r = jnp.hypot(theta, a)
+  direct = theta * c - r * s
+  a_s = a * s
+  denom = theta * c + r * s
+  safe = jnp.where(denom == 0, 1.0, denom)
+  towards_zero = (theta - a_s) * ((theta + a_s) / safe)
+  return jnp.where(theta * d > 0, towards_zero, direct)
+
+
+def _log1p_abs(alpha: float, v: Array) -> Array:
+  """``log1p(α|v|)`` that stays finite when ``α|v|`` overflows float32."""
+  av = jnp.abs(v)
+  big = av > _BIG / alpha
+  return jnp.where(big, math.log(alpha) + jnp.log(jnp.where(big, av, 1.0)),
+                   jnp.log1p(alpha * jnp.where(big, 0.0, av)))
+
+
+def _expm1_over_alpha(alpha: float, w: Array) -> Array:
+  """``expm1(|w|)/α`` that stays finite while the result is representable."""
+  aw = jnp.abs(w)
+  big = aw > 80.0
+  return jnp.where(big, jnp.exp(jnp.where(big, aw, 0.0) - math.log(alpha)),
+                   jnp.expm1(jnp.where(big, 0.0, aw)) / alpha)
 
 
 def quadratic() -> Potential:
@@ -161,7 +200,7 @@ def hyperbolic_entropy(
   def step(theta, x, lr, count):
     a = a_at(count)
     d = _clip(lr * x / a if normalized else lr * x)
-    return theta * jnp.cosh(d) - jnp.hypot(theta, a) * jnp.sinh(d)
+    return _hypentropy_step(theta, d, a)
 
   name = "normalized_hyperbolic_entropy" if normalized else "hyperbolic_entropy"
   return Potential(name, mirror_map, inverse_map, step)
@@ -197,19 +236,21 @@ def ham_log(alpha: float = 200.0) -> Potential:
   """
   _hyperparams.check_scalar("alpha", alpha, low=0.0, low_open=True, allow_schedule=False)
 
+  alpha = float(alpha)
+
   def mirror_map(theta, count):
     del count
-    return jnp.sign(theta) * jnp.log1p(alpha * jnp.abs(theta)) / alpha
+    return jnp.sign(theta) * _log1p_abs(alpha, theta) / alpha
 
   def inverse_map(z, count):
     del count
-    return jnp.sign(z) * jnp.expm1(alpha * jnp.abs(z)) / alpha
+    return jnp.sign(z) * _expm1_over_alpha(alpha, alpha * z)
 
   def step(theta, x, lr, count):
     del count
     # Dual coordinate in log units: w = α·∇φ(θ) = sign(θ)·log1p(α|θ|).
-    w = jnp.sign(theta) * jnp.log1p(alpha * jnp.abs(theta)) - _clip(alpha * lr * x)
-    return jnp.sign(w) * jnp.expm1(jnp.abs(w)) / alpha
+    w = jnp.sign(theta) * _log1p_abs(alpha, theta) - _clip(alpha * lr * x)
+    return jnp.sign(w) * _expm1_over_alpha(alpha, w)
 
   return Potential("ham_log", mirror_map, inverse_map, step)
 
