@@ -39,6 +39,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -106,7 +107,7 @@ def score_keys(scores: jnp.ndarray) -> jnp.ndarray:
     A flat uint32 array with ``key(a) < key(b)`` iff ``a < b`` for non-NaN ``a, b``.
   """
   x = jnp.asarray(scores).reshape(-1).astype(jnp.float32)
-  # -0.0 and 0.0 must share a key.
+  # -0.0 and 0.0 must share a key (XLA on CPU also flushes subnormals to zero here).
   x = jnp.where(x == 0, jnp.float32(0), x)
   bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   sign = bits >> 31
@@ -160,14 +161,18 @@ def _clamp_k(k: Any, n: int) -> jnp.ndarray:
   return jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
 
 
-def _select_by_keys(key: jnp.ndarray, k: Any, shape: tuple[int, ...]) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnums=2)
+def _select(scores: jnp.ndarray, k: Any, bottom: bool) -> jnp.ndarray:
+  key = score_keys(scores)
+  if bottom:
+    key = ~key
   n = key.shape[0]
   if n == 0:
-    return jnp.zeros(shape, bool)
+    return jnp.zeros(scores.shape, bool)
   k = _clamp_k(k, n)
   t = _kth_key([key], k)
   r = k - _count_gt(key, t)
-  return _take_ties(key, t, r).reshape(shape)
+  return _take_ties(key, t, r).reshape(scores.shape)
 
 
 def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
@@ -197,7 +202,7 @@ def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
     [True, True, False]
   """
   scores = jnp.asarray(scores)
-  return _select_by_keys(score_keys(scores), k, scores.shape)
+  return _select(scores, k, False)
 
 
 def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
@@ -219,7 +224,7 @@ def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
     [True, False, False, True]
   """
   scores = jnp.asarray(scores)
-  return _select_by_keys(~score_keys(scores), k, scores.shape)
+  return _select(scores, k, True)
 
 
 def select_top_k_global(scores_tree: Any, k: Any) -> Any:
@@ -243,6 +248,11 @@ def select_top_k_global(scores_tree: Any, k: Any) -> Any:
     >>> m['a'].tolist(), m['b'].tolist()
     ([True, False], [True])
   """
+  return _select_top_k_global(scores_tree, jnp.asarray(k, jnp.int32))
+
+
+@jax.jit
+def _select_top_k_global(scores_tree: Any, k: jnp.ndarray) -> Any:
   leaves, treedef = jax.tree.flatten(scores_tree, is_leaf=lambda x: x is None)
   present = [i for i, x in enumerate(leaves) if x is not None and jnp.size(x) > 0]
   out: list[Any] = [
@@ -303,7 +313,13 @@ def nm_mask(scores: jnp.ndarray, n: int, m: int, axis: int = -2) -> jnp.ndarray:
     raise ValueError(
         f"axis {axis} of length {length} (shape {scores.shape}) is not divisible by m = {m}."
     )
+  return _nm_mask(scores, n, m, axis)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _nm_mask(scores: jnp.ndarray, n: int, m: int, axis: int) -> jnp.ndarray:
   moved = jnp.moveaxis(scores, axis, -1)
+  length = moved.shape[-1]
   key = score_keys(moved).reshape(moved.shape[:-1] + (length // m, m))
   idx = jnp.arange(m)
   # rank_i = #{j : key_j > key_i} + #{j < i : key_j = key_i}
@@ -363,6 +379,13 @@ def block_mask(
         f"density={density!r}."
     )
   full = (1,) * (scores.ndim - len(block_shape)) + block_shape
+  n_blocks = math.prod(-(-s // b) for s, b in zip(scores.shape, full, strict=True))
+  k = count_for_density(n_blocks, density) if density is not None else k_blocks
+  return _block_mask(scores, full, jnp.asarray(k, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _block_mask(scores: jnp.ndarray, full: tuple[int, ...], k: jnp.ndarray) -> jnp.ndarray:
   nb = tuple(-(-s // b) for s, b in zip(scores.shape, full, strict=True))
   pads = [(0, g * b - s) for s, b, g in zip(scores.shape, full, nb, strict=True)]
   a = jnp.pad(jnp.abs(scores.astype(jnp.float32)), pads)
@@ -372,9 +395,7 @@ def block_mask(
   block_sum = a.reshape(split).sum(axis=inner)
   block_cnt = valid.reshape(split).sum(axis=inner)
   block_score = block_sum / block_cnt
-  n_blocks = math.prod(nb)
-  k = count_for_density(n_blocks, density) if density is not None else k_blocks
-  keep = select_top_k(block_score, k)
+  keep = _select(block_score, k, False)
   for ax, b in enumerate(full):
     keep = jnp.repeat(keep, b, axis=ax, total_repeat_length=keep.shape[ax] * b)
   return keep[tuple(slice(0, s) for s in scores.shape)]
