@@ -32,3 +32,15 @@ CASES.append(Case(
     "sign_in_sgd", _sign_in_sgd, {"learning_rate": 1e-3, "reset_every": 50, "gamma": 1.0},
     static_args=("reset_every",), steps=5000,
 ))
+
+_PILOT_STATIC = ("steps_per_epoch", "total_epochs")
+CASES.append(Case(
+    "pilot", osp.pilot,
+    {"learning_rate": 1e-3, "steps_per_epoch": 100, "total_epochs": 50, "lambda_init": 1e-4},
+    static_args=_PILOT_STATIC, steps=5000,
+))
+CASES.append(Case(
+    "pilot_mirror", osp.pilot_mirror,
+    {"learning_rate": 2e-3, "steps_per_epoch": 100, "total_epochs": 50, "lambda_init": 1e-4},
+    static_args=_PILOT_STATIC, steps=5000,
+))

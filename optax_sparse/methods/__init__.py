@@ -6,6 +6,13 @@ from optax_sparse.methods.nanoadam import (
     NanoAdamSubsetMoments,
     nanoadam,
 )
+from optax_sparse.methods.pilot import (
+    PilotMirrorState,
+    PilotSchedule,
+    PilotState,
+    pilot,
+    pilot_mirror,
+)
 from optax_sparse.methods.sign_in import SignInState, count_sign_flips, sign_in
 
 __all__: list[str] = [
@@ -13,6 +20,11 @@ __all__: list[str] = [
     "NanoAdamState",
     "NanoAdamSubsetMoments",
     "nanoadam",
+    "PilotMirrorState",
+    "PilotSchedule",
+    "PilotState",
+    "pilot",
+    "pilot_mirror",
     "SignInState",
     "count_sign_flips",
     "sign_in",
