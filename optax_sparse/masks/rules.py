@@ -884,7 +884,7 @@ def sr_ste(
   def init_fn(params):
     eligible = _eligibility.eligible_tree(where, params)
     template = _template(eligible, params)
-    masks = _leafwise(pattern, template)
+    masks = jax.jit(lambda t: _leafwise(pattern, t))(template)
     dense = _leafwise(lambda p: p, template)
     return SrSteState(
         count=jnp.zeros([], jnp.int32), masks=masks, dense=dense,

@@ -275,13 +275,20 @@ def sparse(
   def init_fn(params):
     eligible = _eligibility.eligible_tree(where, params)
     count = jnp.zeros([], jnp.int32)
-    if distribution is not None and isinstance(sparsity, (int, float)):
+    if distribution is not None and isinstance(sparsity, (int, float)) and jax.tree.leaves(params):
       distribution.check_target(params, sparsity, eligible)
     key = jax.random.PRNGKey(seed)
-    if initial_masks is not None:
+    if not jax.tree.leaves(params):
+      # No array leaf (e.g. optax.tree.map_params's placeholder): nothing to mask.
+      masks = jax.tree.map(lambda p: None, params)
+    elif initial_masks is not None:
       masks = _check_masks(initial_masks, params, eligible)
     else:
-      masks = rule.init_masks(params, target_at(params, eligible, count), key)
+      # Jitted: the selection runs as one program instead of many small eager dispatches.
+      def initial(params, key, count):
+        return rule.init_masks(params, target_at(params, eligible, count), key)
+
+      masks = jax.jit(initial)(params, key, count)
     return SparseState(
         count=count, masks=masks, key=key, rule_state=rule.init_state(params),
         inner_state=inner.init(params))
