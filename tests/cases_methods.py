@@ -44,3 +44,10 @@ CASES.append(Case(
     {"learning_rate": 2e-3, "steps_per_epoch": 100, "total_epochs": 50, "lambda_init": 1e-4},
     static_args=_PILOT_STATIC, steps=5000,
 ))
+
+
+def _sparseopt_sgd(learning_rate):
+  return optax.chain(osp.sparseopt(), optax.sgd(learning_rate, momentum=0.9))
+
+
+CASES.append(Case("sparseopt_sgd", _sparseopt_sgd, {"learning_rate": 1e-3}, steps=5000))

@@ -14,6 +14,7 @@ from optax_sparse.methods.pilot import (
     pilot_mirror,
 )
 from optax_sparse.methods.sign_in import SignInState, count_sign_flips, sign_in
+from optax_sparse.methods.sparseopt import SparseOptState, sparseopt, sparseopt_scale
 
 __all__: list[str] = [
     "NanoAdamDenseMoments",
@@ -28,4 +29,7 @@ __all__: list[str] = [
     "SignInState",
     "count_sign_flips",
     "sign_in",
+    "SparseOptState",
+    "sparseopt",
+    "sparseopt_scale",
 ]
