@@ -56,3 +56,26 @@ def test_rows_round_trip(shape):
 def test_row_block_is_tile_multiple(rows, block):
   assert dispatch.row_block(rows) == block
   assert block % dispatch.ROW_UNIT == 0
+
+
+@pytest.mark.parametrize("target,marker", [("cuda", "triton"), ("tpu", "tpu_custom_call")])
+def test_kernels_lower_for_accelerators(target, marker, monkeypatch):
+  """Without the hardware, cross-lower each kernel: the Pallas front end (block shapes, scalar
+  reads, primitives) must produce a Triton (GPU) or Mosaic (TPU) custom call."""
+  monkeypatch.setattr(dispatch, "platform", lambda: "gpu" if target == "cuda" else target)
+  x = jnp.ones((7, 129), jnp.bfloat16)
+  idx = jnp.arange(10, dtype=jnp.int32)
+  calls = [
+      (lambda a, m: kernels.hyperbolic_mask_update(
+          a, a, a, m, learning_rate=0.1, alpha=1.0, beta=0.0, backend="pallas"), (x, x > 0)),
+      (lambda g, i: kernels.compressed_adam_update(
+          g, i, jnp.zeros(10), jnp.zeros(10), learning_rate=0.1, backend="pallas"), (x, idx)),
+      (lambda s: kernels.key_histogram(s, 16, 8, 7, 0xFF000000, backend="pallas"), (x,)),
+  ]
+  jax.clear_caches()  # traces are cached per function, not per platform
+  try:
+    for fn, args in calls:
+      text = jax.jit(fn).trace(*args).lower(lowering_platforms=(target,)).as_text()
+      assert marker in text
+  finally:
+    jax.clear_caches()

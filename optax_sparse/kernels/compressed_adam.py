@@ -91,8 +91,7 @@ def compressed_adam_update_xla(
 
 
 def _kernel(s_ref, g_ref, idx_ref, mu_ref, nu_ref, step_ref, mu_out, nu_out):
-  s = s_ref[...]
-  scal = [s[:, j:j + 1] for j in range(6)]
+  scal = [s_ref[0, j] for j in range(6)]
   step, mu, nu = _adam_maths(g_ref[...], idx_ref[...] >= 0, mu_ref[...], nu_ref[...], *scal)
   step_ref[...] = step
   mu_out[...] = mu
@@ -120,10 +119,8 @@ def compressed_adam_update_pallas(
   dtype = grads.dtype if dtype is None else dtype
   (k,) = indices.shape
   g_sel, valid = _gather(grads, indices)
-  scalars = jnp.stack(_scalars(learning_rate, b1, b2, eps, bias_correction1, bias_correction2))
-  scalars = jnp.pad(scalars, (0, dispatch.LANES - 6)).reshape(1, dispatch.LANES)
   operands = [
-      scalars,
+      dispatch.pack_scalars(learning_rate, b1, b2, eps, bias_correction1, bias_correction2),
       dispatch.to_rows(g_sel.astype(jnp.float32)),
       dispatch.to_rows(jnp.where(valid, indices, -1).astype(jnp.int32), fill=-1),
       dispatch.to_rows(mu.astype(jnp.float32)),
@@ -137,7 +134,7 @@ def compressed_adam_update_pallas(
       _kernel,
       out_shape=(state, state, state),
       grid=(pl.cdiv(rows, block),),
-      in_specs=[pl.BlockSpec((1, dispatch.LANES), lambda i: (0, 0))] + [spec] * 4,
+      in_specs=[dispatch.scalar_spec(interpret)] + [spec] * 4,
       out_specs=(spec, spec, spec),
       input_output_aliases={3: 1, 4: 2},
       interpret=interpret,

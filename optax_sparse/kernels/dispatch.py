@@ -28,12 +28,19 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 LANES = 128
 ROW_UNIT = 32
 MAX_ROW_BLOCK = 256
 
 _BACKENDS = ("auto", "xla", "pallas")
+_ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def platform() -> str:
+  """The platform kernels are built for (``jax.default_backend()``; tests may patch it)."""
+  return jax.default_backend()
 
 
 def resolve_backend(backend: str, *, name: str = "backend") -> str:
@@ -57,7 +64,7 @@ def resolve_backend(backend: str, *, name: str = "backend") -> str:
   if not isinstance(backend, str) or backend not in _BACKENDS:
     raise ValueError(f"{name} must be one of {_BACKENDS}, got {backend!r}.")
   if backend == "auto":
-    return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "xla"
+    return "pallas" if platform() in _ACCELERATORS else "xla"
   return backend
 
 
@@ -65,25 +72,47 @@ def resolve_interpret(interpret: bool | None) -> bool:
   """Interpret mode unless a GPU or TPU lowering exists; ``interpret`` overrides."""
   if interpret is not None:
     return bool(interpret)
-  return jax.default_backend() not in ("gpu", "cuda", "rocm", "tpu")
+  return platform() not in _ACCELERATORS
 
 
 def compiler_params(interpret: bool):
   """Backend-specific ``compiler_params`` (None in interpret mode or when unknown)."""
   if interpret:
     return None
-  platform = jax.default_backend()
-  if platform == "tpu":
+  target = platform()
+  if target == "tpu":
     from jax.experimental.pallas import tpu as pltpu
 
     params_cls = getattr(pltpu, "CompilerParams", None) or pltpu.TPUCompilerParams
     return params_cls(dimension_semantics=("parallel",))
-  if platform in ("gpu", "cuda", "rocm"):
+  if target in ("gpu", "cuda", "rocm"):
     from jax.experimental.pallas import triton as pltriton
 
     params_cls = getattr(pltriton, "CompilerParams", None) or pltriton.TritonCompilerParams
     return params_cls(num_warps=4, num_stages=1)
   return None
+
+
+def scalar_spec(interpret: bool):
+  """BlockSpec of the (1, LANES) operand holding the kernel's scalars (read as ``ref[0, j]``).
+
+  On TPU the block lives in SMEM, where scalar reads are allowed; elsewhere it is an ordinary
+  block (Triton loads a scalar through a pointer; interpret mode indexes an array).
+  """
+  memory_space = None
+  if not interpret and platform() == "tpu":
+    from jax.experimental.pallas import tpu as pltpu
+
+    memory_space = pltpu.SMEM
+  if memory_space is None:
+    return pl.BlockSpec((1, LANES), lambda i: (0, 0))
+  return pl.BlockSpec((1, LANES), lambda i: (0, 0), memory_space=memory_space)
+
+
+def pack_scalars(*values, dtype=jnp.float32) -> jax.Array:
+  """Packs scalars (Python numbers or 0-d arrays, possibly traced) into a (1, LANES) array."""
+  flat = jnp.stack([jnp.asarray(v).astype(dtype).reshape(()) for v in values])
+  return jnp.pad(flat, (0, LANES - len(values))).reshape(1, LANES)
 
 
 def row_block(rows: int) -> int:

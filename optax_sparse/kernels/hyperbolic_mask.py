@@ -42,8 +42,11 @@ def _ham_maths(theta, grads, base, mask, lr, alpha, beta):
   """Shared float32 maths of the twin and the kernel body."""
   theta = theta.astype(jnp.float32)
   h = theta + base.astype(jnp.float32)
-  e = jnp.clip(-lr * (alpha * jnp.sign(h) * grads.astype(jnp.float32) + beta), -_EXP_CLIP,
-               _EXP_CLIP)
+  g = grads.astype(jnp.float32)
+  # sign(h) · g written as a select: equal wherever h != 0 (the only entries that use e), and
+  # it avoids a sign op that some Pallas lowerings special-case per chip generation.
+  signed_g = jnp.where(h > 0, g, -g)
+  e = jnp.clip(-lr * (alpha * signed_g + beta), -_EXP_CLIP, _EXP_CLIP)
   h = jnp.where(h != 0, h * jnp.exp(e), h)
   if mask is not None:
     h = jnp.where(mask, h, jnp.zeros_like(h))
@@ -76,8 +79,7 @@ def _kernel(s_ref, theta_ref, g_ref, u_ref, *rest):
   else:
     (o_ref,) = rest
     mask = None
-  s = s_ref[...]
-  lr, alpha, beta = s[:, 0:1], s[:, 1:2], s[:, 2:3]
+  lr, alpha, beta = s_ref[0, 0], s_ref[0, 1], s_ref[0, 2]
   out = _ham_maths(theta_ref[...], g_ref[...], u_ref[...], mask, lr, alpha, beta)
   o_ref[...] = out.astype(o_ref.dtype)
 
@@ -97,18 +99,15 @@ def hyperbolic_mask_update_pallas(
   """Pallas version of :func:`hyperbolic_mask_update` (one grid step per row block)."""
   interpret = dispatch.resolve_interpret(interpret)
   shape, dtype = params.shape, params.dtype
-  scalars = jnp.stack([jnp.asarray(v, jnp.float32).reshape(()) for v in
-                       (learning_rate, alpha, beta)])
-  scalars = jnp.pad(scalars, (0, dispatch.LANES - 3)).reshape(1, dispatch.LANES)
-  operands = [scalars, dispatch.to_rows(params), dispatch.to_rows(grads),
-              dispatch.to_rows(base_updates)]
+  operands = [dispatch.pack_scalars(learning_rate, alpha, beta), dispatch.to_rows(params),
+              dispatch.to_rows(grads), dispatch.to_rows(base_updates)]
   if mask is not None:
     # int8 keeps the mask at one byte per entry; bool refs are not portable across lowerings.
     operands.append(dispatch.to_rows(mask.astype(jnp.int8)))
   rows = operands[1].shape[0]
   block = dispatch.row_block(rows)
   spec = pl.BlockSpec((block, dispatch.LANES), lambda i: (i, 0))
-  in_specs = [pl.BlockSpec((1, dispatch.LANES), lambda i: (0, 0))] + [spec] * (len(operands) - 1)
+  in_specs = [dispatch.scalar_spec(interpret)] + [spec] * (len(operands) - 1)
   aliases = {3: 0} if base_updates.dtype == dtype else {}
   out = pl.pallas_call(
       _kernel,

@@ -106,15 +106,14 @@ def _kernel(p_ref, x_ref, o_ref, *, size, shift, bits, block):
   row = pl.program_id(0) * block + jax.lax.broadcasted_iota(jnp.int32, keys.shape, 0)
   lane = jax.lax.broadcasted_iota(jnp.int32, keys.shape, 1)
   valid = row * dispatch.LANES + lane < size
-  p = p_ref[...]
-  digit = _digits(keys, shift, bits, p[:, 0:1], p[:, 1:2], valid)
+  digit = _digits(keys, shift, bits, p_ref[0, 0], p_ref[0, 1], valid)
   bins = jax.lax.broadcasted_iota(jnp.int32, (1, nbins), 1)
 
   def count(b, acc):
     return acc + jnp.where(bins == b, jnp.sum((digit == b).astype(jnp.int32)), 0)
 
   counts = jax.lax.fori_loop(0, nbins, count, jnp.zeros((1, nbins), jnp.int32))
-  o_ref[...] = counts.reshape(1, 1, nbins)
+  o_ref[...] = counts
 
 
 def key_histogram_pallas(
@@ -137,16 +136,15 @@ def _histogram_pallas(scores, prefix, prefix_mask, *, shift, bits, interpret):
   block = dispatch.row_block(rows)
   grid = pl.cdiv(rows, block)
   nbins = 1 << bits
-  params = jnp.zeros((1, dispatch.LANES), jnp.uint32)
-  params = params.at[0, 0].set(prefix).at[0, 1].set(prefix_mask)
+  params = dispatch.pack_scalars(prefix, prefix_mask, dtype=jnp.uint32)
   kernel = functools.partial(_kernel, size=size, shift=shift, bits=bits, block=block)
   counts = pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((grid, 1, nbins), jnp.int32),
       grid=(grid,),
-      in_specs=[pl.BlockSpec((1, dispatch.LANES), lambda i: (0, 0)),
+      in_specs=[dispatch.scalar_spec(interpret),
                 pl.BlockSpec((block, dispatch.LANES), lambda i: (i, 0))],
-      out_specs=pl.BlockSpec((1, 1, nbins), lambda i: (i, 0, 0)),
+      out_specs=pl.BlockSpec((None, 1, nbins), lambda i: (i, 0, 0)),
       interpret=interpret,
       compiler_params=dispatch.compiler_params(interpret),
       name="key_histogram",
