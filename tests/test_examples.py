@@ -76,3 +76,13 @@ def test_nm_2_4_pattern_holds():
 def test_checkpointing_example_resumes_bit_identically(capsys):
   _load("checkpointing").main(["--fast"])
   assert "bit-identical: True" in capsys.readouterr().out
+
+
+def test_readme_quick_start_runs():
+  readme = (EXAMPLES.parent / "README.md").read_text()
+  code = readme.split("## Quick start")[1].split("```python\n")[1].split("```")[0]
+  namespace: dict = {}
+  exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+  w = np.asarray(namespace["params"]["w"])
+  assert np.mean(w == 0) == pytest.approx(0.9, abs=0.01)
+  assert np.all(np.asarray(namespace["params"]["b"]) != 0)  # biases stay dense and moved
