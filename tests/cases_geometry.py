@@ -38,10 +38,11 @@ for _order in ("adamw_first", "mirror_first"):
        "order": _order},
       static_args=("order",), steps=4000))
 
+# Quadratic (== SGD) and normalized hypentropy (a rescaled hypentropy) are covered by
+# tests/test_geometry_mirror.py and tests/test_geometry_potentials.py; the suite keeps to the
+# geometries that differ.
 _POTENTIALS = {
-    "quadratic": osp.potentials.quadratic(),
     "hypentropy": osp.potentials.hyperbolic_entropy(0.1),
-    "hypentropy_normalized": osp.potentials.hyperbolic_entropy(0.05, normalized=True),
     "ham_log": osp.potentials.ham_log(5.0),
     "power": osp.potentials.power(0.5),
 }
