@@ -106,3 +106,13 @@ def test_output_aliased_to_base_updates_and_traced_scalars():
   expected = kernels.hyperbolic_mask_update_xla(theta, g, u_base, mask, learning_rate=LR,
                                                 alpha=ALPHA, beta=BETA)
   np.testing.assert_array_equal(stepped(theta, g, jnp.array(u_base), mask, LR), expected)
+
+
+def test_non_bool_mask_is_truthiness():
+  theta, g, u_base, _ = _inputs((3, 5), jnp.float32, seed=4)
+  mask = jnp.asarray(np.random.default_rng(4).choice([0.0, 0.5, 2.0], size=(3, 5)), jnp.float32)
+  kwargs = dict(learning_rate=LR, alpha=ALPHA, beta=BETA)
+  pallas = kernels.hyperbolic_mask_update(theta, g, u_base, mask, backend="pallas",
+                                          interpret=True, **kwargs)
+  twin = kernels.hyperbolic_mask_update(theta, g, u_base, mask != 0, backend="xla", **kwargs)
+  np.testing.assert_array_equal(pallas, twin)

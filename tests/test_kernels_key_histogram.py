@@ -100,3 +100,14 @@ def test_radix_threshold_other_digit_widths():
   for bits in (4, 16):
     assert float(kernels.radix_select_threshold(x, 100, bits=bits, backend="xla").value) == \
         desc[99]
+
+
+def test_radix_threshold_with_pruned_minus_inf_scores():
+  """Entries forced to -inf (already pruned) sort last; asking for more than the finite ones
+  returns -inf, and ties at +0.0 / -0.0 are told apart by the key order."""
+  x = jnp.array([-jnp.inf, 1.0, -jnp.inf, 0.0, -0.0, 2.0, -jnp.inf])
+  values = [float(kernels.radix_select_threshold(x, k, backend="xla").value) for k in range(1, 8)]
+  assert values[:3] == [2.0, 1.0, 0.0] and np.signbit(values[3]) and values[3] == 0.0
+  assert values[4:] == [-np.inf] * 3
+  t = kernels.radix_select_threshold(x, 6, backend="xla")
+  assert int(t.num_greater) == 4

@@ -59,7 +59,7 @@ def _scatter(step, indices, valid, shape, dtype):
   size = math.prod(shape)
   # Invalid slots point past the end and are dropped (a negative index would wrap around).
   idx = jnp.where(valid, indices, size)
-  dense = jnp.zeros((size,), jnp.float32).at[idx].set(step, mode="drop", unique_indices=True)
+  dense = jnp.zeros((size,), jnp.float32).at[idx].set(step, mode="drop")
   return dense.astype(dtype).reshape(shape)
 
 

@@ -103,7 +103,7 @@ def hyperbolic_mask_update_pallas(
               dispatch.to_rows(grads), dispatch.to_rows(base_updates)]
   if mask is not None:
     # int8 keeps the mask at one byte per entry; bool refs are not portable across lowerings.
-    operands.append(dispatch.to_rows(mask.astype(jnp.int8)))
+    operands.append(dispatch.to_rows(mask.astype(bool).astype(jnp.int8)))
   rows = operands[1].shape[0]
   block = dispatch.row_block(rows)
   spec = pl.BlockSpec((block, dispatch.LANES), lambda i: (i, 0))
