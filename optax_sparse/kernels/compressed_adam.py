@@ -163,14 +163,15 @@ def compressed_adam_update(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """NanoAdam step on compressed moments, scattered into a dense update.
 
-  With g_I = g[I] (flat indices I, ``-1`` = unused slot)::
+  With g_I = g[I] (flat indices I; ``-1`` or ``>= size`` = unused slot)::
 
     μ <- b1 μ + (1 - b1) g_I,   ν <- b2 ν + (1 - b2) g_I²
     u[I] = -lr (μ / c1) / (sqrt(ν / c2) + eps),   u = 0 elsewhere
 
   Args:
     grads: the dense gradient of one leaf (its shape is the update's shape).
-    indices: int32 flat indices, shape (k,), unique; ``-1`` marks an unused slot.
+    indices: int32 flat indices, shape (k,), unique among the used slots; an index ``< 0`` or
+      ``>= grads.size`` (e.g. the sentinel ``size``) marks an unused slot.
     mu: first moments of the k slots, shape (k,), float32.
     nu: second moments of the k slots, shape (k,), float32.
     learning_rate: scalar (may be traced).
