@@ -105,7 +105,9 @@ def test_output_aliased_to_base_updates_and_traced_scalars():
   assert "tf.aliasing_output = 0" in lowered
   expected = kernels.hyperbolic_mask_update_xla(theta, g, u_base, mask, learning_rate=LR,
                                                 alpha=ALPHA, beta=BETA)
-  np.testing.assert_array_equal(stepped(theta, g, jnp.array(u_base), mask, LR), expected)
+  donated = jnp.array(u_base, copy=True)
+  np.testing.assert_array_equal(stepped(theta, g, donated, mask, LR), expected)
+  assert donated.is_deleted()  # the runtime took the buffer for the output
 
 
 def test_non_bool_mask_is_truthiness():
