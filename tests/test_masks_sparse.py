@@ -199,6 +199,33 @@ def test_rigl_in_sparse_grows_from_raw_dense_gradient_and_keeps_regrown_values()
   assert bool(jnp.all(jnp.isfinite(optax.apply_updates(params, updates)["w"])))
 
 
+def test_acdc_in_sparse_compresses_globally_and_decompresses_to_zeros():
+  params, grads = _problem(4, shape=(4, 4))
+  rule = osp.acdc(warmup_steps=1, sparse_steps=2, dense_steps=1, alternate_until=4,
+                  final_sparse_from=4)  # phases: dense, sparse, sparse, dense, sparse...
+  inner = optax.sgd(0.1, momentum=0.9)
+  tx = osp.sparse(inner, rule, 0.75, where=lambda path, p: True)  # the bias is pruned too
+  state = tx.init(params)
+  assert all(bool(jnp.all(m)) for m in jax.tree.leaves(state.masks))
+  step = jax.jit(tx.update)
+  n_total = 16 + 4
+  for t in range(4):
+    before = state.masks
+    updates, state = step(grads[t], state, params)
+    params = optax.apply_updates(params, updates)
+    active = sum(int(m.sum()) for m in jax.tree.leaves(state.masks))
+    compressed = t != 2  # the masks after update t follow the phase of step t + 1
+    assert active == (round(0.25 * n_total) if compressed else n_total), t
+    for k in params:
+      m, b = np.asarray(state.masks[k]), np.asarray(before[k])
+      trace = np.asarray(state.inner_state[0].trace[k])
+      p = np.asarray(params[k])
+      assert np.all(p[~m] == 0.0)
+      np.testing.assert_array_equal(trace[m != b], 0.0)  # newly masked or returning entries
+      if t == 2:
+        np.testing.assert_array_equal(p[m & ~b], 0.0)  # weights return as zeros
+
+
 def test_sparsity_schedule_is_evaluated_on_the_count():
   params = {"w": jnp.arange(1.0, 21.0).reshape(4, 5)}
   sparsity = optax.linear_schedule(0.0, 0.8, 4)  # 0.4 at step 2

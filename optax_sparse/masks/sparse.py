@@ -272,6 +272,13 @@ def sparse(
       densities = lambda s_: distribution.densities(params, s_, eligible)  # noqa: E731
     return rules_lib.Target(sparsity=s, densities=densities, eligible=eligible)
 
+  @jax.jit
+  def initial_masks_jit(params, key):
+    # One program for the whole selection (eager dispatch of it is slow); compiled once per
+    # parameter shapes for this transformation.
+    eligible = _eligibility.eligible_tree(where, params)
+    return rule.init_masks(params, target_at(params, eligible, jnp.zeros([], jnp.int32)), key)
+
   def init_fn(params):
     eligible = _eligibility.eligible_tree(where, params)
     count = jnp.zeros([], jnp.int32)
@@ -284,11 +291,7 @@ def sparse(
     elif initial_masks is not None:
       masks = _check_masks(initial_masks, params, eligible)
     else:
-      # Jitted: the selection runs as one program instead of many small eager dispatches.
-      def initial(params, key, count):
-        return rule.init_masks(params, target_at(params, eligible, count), key)
-
-      masks = jax.jit(initial)(params, key, count)
+      masks = initial_masks_jit(params, key)
     return SparseState(
         count=count, masks=masks, key=key, rule_state=rule.init_state(params),
         inner_state=inner.init(params))
