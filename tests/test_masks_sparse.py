@@ -106,6 +106,25 @@ def test_projection_reset_and_schedule_for_any_inner(name):
   assert not logs, "a mask-update step and a plain step must share one compilation"
 
 
+def test_skip_update_on_mask_step():
+  inner = optax.adam(0.1)
+  tx = osp.sparse(inner, _roll_rule(every=2), None, skip_update_on_mask_step=True)
+  params, grads = _problem()
+  state = tx.init(params)
+  old = np.asarray(state.masks["w"])
+  step = jax.jit(tx.update)
+  updates, state = step(grads[0], state, params)  # a mask-update step
+  np.testing.assert_array_equal(updates["b"], 0.0)
+  m = np.asarray(state.masks["w"])
+  new = np.asarray(optax.apply_updates(params, updates)["w"])
+  np.testing.assert_array_equal(new[m & old], np.asarray(params["w"])[m & old])
+  np.testing.assert_array_equal(new[~m], 0.0)
+  assert int(state.inner_state[0].count) == 0  # the inner optimizer did not step
+  updates, state = step(grads[1], state, optax.apply_updates(params, updates))  # a plain step
+  assert int(state.inner_state[0].count) == 1
+  assert bool(jnp.any(updates["b"] != 0.0))
+
+
 def test_projection_is_exact_in_bf16_and_f32():
   rng = np.random.default_rng(3)
   params = {"w32": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32),

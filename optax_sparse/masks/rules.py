@@ -57,8 +57,8 @@ Library decisions common to all rules:
   lowest for growth (below every finite candidate, above entries that are already active), so a
   NaN/Inf gradient can never change the number of active entries.
 * The official RigL/SET code and jaxpruner skip the optimizer step on mask-update iterations;
-  ``sparse()`` applies both the optimizer step and the mask change in the same update (a
-  deviation, documented in ``sparse``).
+  ``sparse()`` applies both the optimizer step and the mask change in the same update by default
+  and follows the official code with ``skip_update_on_mask_step=True``.
 * The first mask update of SET/RigL happens at t = 0 when ``0 % every == 0`` (the official
   ``is_update_iter``: ``step % update_freq == 0 and step <= last_update_step``).
 """

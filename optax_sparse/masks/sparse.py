@@ -26,7 +26,8 @@ Library decisions:
 * The rule sees the raw dense gradient g of this step (never the masked one) and the parameters
   θ_{t+1} = θ + u' this step lands on.
 * The official RigL/SET code and jaxpruner (``skip_gradients=True``) skip the optimizer step on
-  mask-update iterations; here the optimizer step and the mask change happen in the same update.
+  mask-update iterations; by default the optimizer step and the mask change happen in the same
+  update, and ``skip_update_on_mask_step=True`` gives the official behaviour.
 * Zeroing the inner state where a mask changes covers both directions: grown entries restart
   with zero moments (RigL zeroes the optimizer slots), and newly masked entries lose theirs
   (AC/DC, open point 16). For dropped entries of RigL/SET this is harmless: they would be reset
@@ -191,6 +192,7 @@ def sparse(
     sparse_gradients: bool = False,
     initial_masks: Any = None,
     seed: int = 0,
+    skip_update_on_mask_step: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Sparse training: masks in the state, projection after ``inner``, rule-driven mask updates.
 
@@ -217,6 +219,9 @@ def sparse(
     initial_masks: masks to start from instead of the rule's (a pytree like the parameters,
       bool arrays for eligible leaves, None for dense leaves).
     seed: seed of the rule's PRNG key.
+    skip_update_on_mask_step: on mask-update steps emit no optimizer step (only the projection
+      and the mask change) and keep the inner state, as the official RigL/SET code and
+      jaxpruner's ``skip_gradients``; default False (both happen in the same update).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`SparseState`.
@@ -315,6 +320,13 @@ def sparse(
 
     def change(operand):
       updates, inner_state, rule_state = operand
+      if skip_update_on_mask_step:
+        # The official RigL / SET step: no optimizer step on a mask-update iteration.
+        updates = jax.tree.map(
+            lambda m, u, p: jnp.zeros_like(u) if m is None
+            else jnp.where(m, jnp.zeros_like(p), -p).astype(p.dtype),
+            masks, updates, params, is_leaf=_is_none)
+        inner_state = state.inner_state
       new_params = optax.apply_updates(params, updates)
       key_t = jax.random.fold_in(state.key, count)
       new_masks, rule_state = rule.update_masks(
