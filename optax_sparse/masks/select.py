@@ -7,16 +7,20 @@ a whole array nor build an index array of the array's size.
 Algorithm (threshold search plus an index tie-fix). Each score is mapped to the order-preserving
 unsigned integer key of its float32 bit pattern (bf16/f16/integer scores are upcast to float32
 first): for a non-negative float the sign bit is set, for a negative float all bits are flipped,
-so that unsigned integer order equals float order, ``-0.0`` and ``0.0`` share one key, ``-inf``
-is the lowest float key, and **NaN is ranked below every number** (key 0). The key ``T`` of the
-k-th largest entry is found digit by digit from the most significant bit, ``_BITS`` bits per
-pass: each pass counts, for the ``2**_BITS - 1`` candidate digits, how many keys are ``>=`` the
-candidate, in one fused ``O(N)`` reduction. ``32 / _BITS`` passes give ``T`` exactly. Then all
-entries with key ``> T`` are kept, and the remaining ``r = k - #{key > T}`` slots go to the entries
-tied at ``T`` with the lowest flat indices: the tie mask is viewed as rows of ``_ROW`` entries, a
-per-row count and a small prefix sum over rows locate the row where the cut falls, and a prefix
-sum of that single row finishes the cut. The mask has exactly ``k`` True entries (``k`` clamped to
-``[0, n]``), and it equals the first ``k`` entries of a stable descending argsort.
+so that unsigned integer order equals float order, ``-0.0`` and ``0.0`` share one key (XLA on
+CPU also flushes subnormals to zero), ``-inf`` is the lowest float key, and **NaN is ranked below
+every number** (key 0). The key ``T`` of the k-th largest entry is found by a two-pass radix
+select: one 65536-bin histogram of the high 16 bits (an ``O(N)`` scatter-add) and a suffix sum
+locate the high digit, then a histogram of the low 16 bits of the keys sharing that high digit
+gives ``T`` exactly, together with ``#{key > T}`` and ``#{key = T}``. All entries with key
+``> T`` are kept, and the remaining ``r = k - #{key > T}`` slots go to the entries tied at ``T``
+with the lowest flat indices. When every tie is kept (the usual case for continuous scores) the
+mask is the single comparison ``key >= T``; otherwise the tie mask is viewed as rows of
+``_ROW`` entries, a per-row count and a small prefix sum over rows locate the row where the cut
+falls, and a prefix sum of that single row finishes the cut. The mask has exactly ``k`` True
+entries (``k`` clamped to ``[0, n]``) and equals the first ``k`` entries of a stable descending
+argsort. Cost: two scatter-add passes, one comparison pass, plus one reduction pass when ties
+straddle the threshold; the only size-N temporaries are uint32 keys and int32 digits.
 
 Library decisions (METHODS.md §11, §13 row 18):
 
@@ -58,8 +62,8 @@ __all__ = [
     "select_top_k_global",
 ]
 
-# Bits of the key resolved per counting pass; 32 must be a multiple of it.
-_BITS = 4
+# Bits of the key resolved per histogram pass (two passes of 16 bits).
+_BITS = 16
 # Row length of the tie-fix view.
 _ROW = 1024
 
@@ -115,22 +119,40 @@ def score_keys(scores: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(jnp.isnan(x), jnp.uint32(0), key)
 
 
-def _kth_key(keys: Sequence[jnp.ndarray], k: jnp.ndarray) -> jnp.ndarray:
-  """The largest ``T`` with ``#{key >= T} >= k`` summed over ``keys``; ``0xFFFFFFFF`` if k = 0."""
-  n_cand = (1 << _BITS) - 1
-  digits = jnp.arange(1, n_cand + 1, dtype=jnp.uint32)
+def _suffix_digit(hist: jnp.ndarray, k: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Largest digit ``d`` with ``#{digit >= d} >= k``, and ``#{digit > d}``."""
+  above_eq = jnp.cumsum(hist[::-1])[::-1]  # above_eq[d] = #{digit >= d}
+  d = jnp.sum(above_eq[1:] >= k, dtype=jnp.int32)
+  return d, above_eq[d] - hist[d]
 
-  def body(i, t):
-    shift = (32 - _BITS * (i + 1)).astype(jnp.uint32)
-    cands = t | (digits << shift)
-    counts = sum(
-        jnp.sum(key[:, None] >= cands[None, :], axis=0, dtype=jnp.int32) for key in keys
-    )
-    # Counts decrease with the digit; the number of candidates still holding k is the digit.
-    digit = jnp.sum(counts >= k, dtype=jnp.uint32)
-    return t | (digit << shift)
 
-  return jax.lax.fori_loop(0, 32 // _BITS, body, jnp.uint32(0))
+def _histogram(digits: jnp.ndarray, length: int) -> jnp.ndarray:
+  return jnp.zeros((length,), jnp.int32).at[digits].add(1, mode="promise_in_bounds")
+
+
+def _kth_key(
+    keys: Sequence[jnp.ndarray], k: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Radix search for the k-th largest key summed over ``keys``.
+
+  Returns ``(t, n_gt, n_eq)``: the largest ``t`` with ``#{key >= t} >= k`` (``0xFFFFFFFF`` for
+  k = 0), and the numbers of keys above and equal to ``t``.
+  """
+  size = 1 << _BITS
+  low = jnp.uint32(size - 1)
+  hist = sum(_histogram((key >> _BITS).astype(jnp.int32), size) for key in keys)
+  hi, n_gt_hi = _suffix_digit(hist, k)
+  # Second pass: the low digits of the keys whose high digit is `hi`; others go to a spare bin.
+  hist = sum(
+      _histogram(
+          jnp.where((key >> _BITS) == hi.astype(jnp.uint32), (key & low).astype(jnp.int32), size),
+          size + 1,
+      )[:size]
+      for key in keys
+  )
+  lo, n_gt_lo = _suffix_digit(hist, k - n_gt_hi)
+  t = (hi.astype(jnp.uint32) << _BITS) | lo.astype(jnp.uint32)
+  return t, n_gt_hi + n_gt_lo, hist[lo]
 
 
 def _take_ties(key: jnp.ndarray, t: jnp.ndarray, r: jnp.ndarray) -> jnp.ndarray:
@@ -153,8 +175,11 @@ def _take_ties(key: jnp.ndarray, t: jnp.ndarray, r: jnp.ndarray) -> jnp.ndarray:
   return gt | take
 
 
-def _count_gt(key: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
-  return jnp.sum(key > t, dtype=jnp.int32)
+def _cut(key: jnp.ndarray, t: jnp.ndarray, r: jnp.ndarray, n_eq: jnp.ndarray) -> jnp.ndarray:
+  """``key > t`` plus the first ``r`` of the ``n_eq`` ties; one comparison when all are taken."""
+  return jax.lax.cond(
+      r >= n_eq, lambda: key >= t, lambda: _take_ties(key, t, r)
+  )
 
 
 def _clamp_k(k: Any, n: int) -> jnp.ndarray:
@@ -170,9 +195,8 @@ def _select(scores: jnp.ndarray, k: Any, bottom: bool) -> jnp.ndarray:
   if n == 0:
     return jnp.zeros(scores.shape, bool)
   k = _clamp_k(k, n)
-  t = _kth_key([key], k)
-  r = k - _count_gt(key, t)
-  return _take_ties(key, t, r).reshape(scores.shape)
+  t, n_gt, n_eq = _kth_key([key], k)
+  return _cut(key, t, k - n_gt, n_eq).reshape(scores.shape)
 
 
 def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
@@ -182,7 +206,7 @@ def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
     M_i = 1 \\iff \\#\\{j : s_j > s_i\\} + \\#\\{j < i : s_j = s_i\\} < k
 
   Exactly ``min(max(k, 0), n)`` entries are True. The threshold is found by a radix search over
-  the order-preserving integer keys of the float32 bit pattern (``32 / 4`` fused counting passes),
+  the order-preserving integer keys of the float32 bit pattern (two 16-bit histogram passes),
   then ties are cut by flat index; nothing is sorted. NaN ranks below ``-inf``.
 
   Args:
@@ -230,7 +254,7 @@ def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
 def select_top_k_global(scores_tree: Any, k: Any) -> Any:
   """Masks with exactly ``k`` True entries in total over all leaves of ``scores_tree``.
 
-  One threshold is searched over all leaves at once: every counting pass sums per-leaf counts (a
+  One threshold is searched over all leaves at once: every histogram pass sums per-leaf histograms (a
   reduction across leaves, never a concatenation). Ties are broken by leaf order (the order of
   ``jax.tree.leaves``), then flat index. ``None`` leaves are skipped and stay ``None``.
 
@@ -263,13 +287,16 @@ def _select_top_k_global(scores_tree: Any, k: jnp.ndarray) -> Any:
   keys = [score_keys(leaves[i]) for i in present]
   n = sum(key.shape[0] for key in keys)
   k = _clamp_k(k, n)
-  t = _kth_key(keys, k)
-  r = k - sum(_count_gt(key, t) for key in keys)
-  ties = jnp.stack([jnp.sum(key == t, dtype=jnp.int32) for key in keys])
+  t, n_gt, n_eq = _kth_key(keys, k)
+  r = k - n_gt
+  if len(keys) == 1:
+    ties = n_eq[None]
+  else:
+    ties = jnp.stack([jnp.sum(key == t, dtype=jnp.int32) for key in keys])
   before = jnp.cumsum(ties) - ties
   for j, i in enumerate(present):
     left = jnp.clip(r - before[j], 0, ties[j])
-    out[i] = _take_ties(keys[j], t, left).reshape(jnp.shape(leaves[i]))
+    out[i] = _cut(keys[j], t, left, ties[j]).reshape(jnp.shape(leaves[i]))
   return jax.tree.unflatten(treedef, out)
 
 
