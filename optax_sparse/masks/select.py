@@ -254,7 +254,7 @@ def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
 def select_top_k_global(scores_tree: Any, k: Any) -> Any:
   """Masks with exactly ``k`` True entries in total over all leaves of ``scores_tree``.
 
-  One threshold is searched over all leaves at once: every histogram pass sums per-leaf histograms (a
+  One threshold is searched over all leaves at once: each histogram pass sums per-leaf histograms (a
   reduction across leaves, never a concatenation). Ties are broken by leaf order (the order of
   ``jax.tree.leaves``), then flat index. ``None`` leaves are skipped and stay ``None``.
 
