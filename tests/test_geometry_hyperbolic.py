@@ -74,11 +74,12 @@ def test_pruned_zeros_stay_exactly_zero_under_ham():
   assert np.all(w[0, 2:] != 0.0)
 
 
-def test_non_finite_gradient_never_corrupts_params():
+@pytest.mark.parametrize("cap", [1000.0, None])
+def test_non_finite_gradient_never_corrupts_params(cap):
   params = _tree()
   grads = jax.tree.map(lambda x: np.full_like(x, 0.1), params)
   grads["w"][1, 1] = np.nan
-  tx = osp.hyperbolic_step(0.1, alpha=200.0)
+  tx = osp.hyperbolic_step(0.1, alpha=200.0, max_weight_norm=cap)
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(grads, state, params)
   # The whole leaf keeps its value; the skip is counted.
@@ -96,13 +97,20 @@ def test_non_finite_gradient_never_corrupts_params():
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
 
 
-def test_overflowing_result_reverts_leaf():
-  params = {"w": np.full((2, 2), 1e38, np.float32)}
-  grads = {"w": np.full((2, 2), -1.0, np.float32)}
-  tx = osp.hyperbolic_step(1.0, alpha=100.0, max_weight_norm=None)
+def test_overflowing_result_reverts():
+  params = {"w": np.array([[1e38, 1.0]], np.float32)}
+  grads = {"w": np.full((1, 2), -1.0, np.float32)}
+  # Cap on: the whole leaf keeps its value.
+  tx = osp.hyperbolic_step(1.0, alpha=100.0, beta=0.0, max_weight_norm=10.0)
   updates, state = tx.update(grads, tx.init(params), params)
-  np.testing.assert_array_equal(updates["w"], np.zeros((2, 2), np.float32))
+  np.testing.assert_array_equal(updates["w"], np.zeros((1, 2), np.float32))
   assert int(state.skipped_leaves) == 1
+  # Cap off: only the overflowing entry keeps its value.
+  tx = osp.hyperbolic_step(1.0, alpha=100.0, beta=0.0, max_weight_norm=None)
+  updates, state = tx.update(grads, tx.init(params), params)
+  new = params["w"] + np.asarray(updates["w"])
+  assert new[0, 0] == np.float32(1e38)
+  np.testing.assert_allclose(new[0, 1], np.exp(5.0), rtol=1e-6)
 
 
 def test_where_selects_leaves():

@@ -21,10 +21,13 @@ Library decisions and open points (METHODS.md §2):
   base's schedule and the two stay in lockstep.
 * *Post-step gradient clipping* of the official code (``clip_grad_norm_(20)`` after both steps)
   has no effect on the step itself and is not ported.
-* *Non-finite values.* A leaf whose gradient is not finite (NaN or ±inf), or whose hyperbolic
-  result is not finite, keeps its pre-HAM value ``θ½`` unchanged (no weight-norm cap either);
-  the state counts such skips in ``skipped_leaves``. A leaf whose squared norm overflows float32
-  (norm above ~1.8e19) counts as non-finite. The base step is not guarded: wrap the base in
+* *Non-finite values.* A leaf whose gradient is not finite (NaN or ±inf) keeps its pre-HAM
+  value ``θ½`` unchanged (no weight-norm cap either); the state counts such skips in
+  ``skipped_leaves``. With finite ``g`` and ``θ½`` the result can only be non-finite where
+  ``|θ½|·e⁵`` overflows float32 (``|θ½| > 2.3e36``): with the cap on, the whole leaf then keeps
+  ``θ½`` (the cap's norm reduction detects it; a leaf whose squared norm overflows float32, norm
+  above ~1.8e19, counts as non-finite too); with ``max_weight_norm=None`` only the overflowing
+  entries keep ``θ½``, which spares a reduction over the result. The base step is not guarded: wrap the base in
   ``optax.chain(optax.zero_nans(), base)`` when its own state must survive NaN gradients.
 * *Eligible leaves*: ``ndim >= 2`` by default (``where`` overrides); the weight-norm cap acts on
   every leaf, as in the official code; ``max_weight_norm=None`` switches it off.
@@ -171,11 +174,19 @@ def hyperbolic_step(
           return jnp.zeros_like(p), jnp.zeros([], jnp.int32)
         new = h * _cap_scale(jnp.sum(h * h), max_weight_norm)
         return (new - h).astype(p.dtype), jnp.zeros([], jnp.int32)
-      new = hyperbolic_factor(h, g, lr, a, b)
-      sq_norm = jnp.sum(new * new)
-      ok = jnp.isfinite(sq_norm) & jnp.all(jnp.isfinite(g))
-      new = new * _cap_scale(sq_norm, max_weight_norm)
-      out = jnp.where(ok, new, h)
+      g32 = g.astype(jnp.float32)
+      # One float reduction over the raw gradient: NaN or inf iff some entry is not finite
+      # (cheaper than a boolean all() on CPU, and the gradient is already in memory).
+      ok = jnp.isfinite(jnp.sum(g32 * 0.0))
+      new = hyperbolic_factor(h, g32, lr, a, b)
+      if max_weight_norm is None:
+        # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32:
+        # such entries keep θ½ (an elementwise guard needs no extra reduction).
+        out = jnp.where(ok & jnp.isfinite(new), new, h)
+      else:
+        sq_norm = jnp.sum(new * new)
+        ok = ok & jnp.isfinite(sq_norm)
+        out = jnp.where(ok, new * _cap_scale(sq_norm, max_weight_norm), h)
       return (out - h).astype(p.dtype), (~ok).astype(jnp.int32)
 
     pairs = jax.tree.map(leaf, updates, params, eligible, is_leaf=lambda x: x is None)
