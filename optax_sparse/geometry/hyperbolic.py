@@ -27,8 +27,8 @@ Library decisions and open points (METHODS.md §2):
   ``|θ½|·e⁵`` overflows float32 (``|θ½| > 2.3e36``): with the cap on, the whole leaf then keeps
   ``θ½`` (the cap's norm reduction detects it; a leaf whose squared norm overflows float32, norm
   above ~1.8e19, counts as non-finite too); with ``max_weight_norm=None`` only the overflowing
-  entries keep ``θ½``, which spares a reduction over the result. The base step is not guarded: wrap the base in
-  ``optax.chain(optax.zero_nans(), base)`` when its own state must survive NaN gradients.
+  entries keep ``θ½``, which spares a reduction over the result. The base step is not guarded:
+  wrap the base in ``optax.chain(optax.zero_nans(), base)`` when its state must survive NaNs.
 * *Eligible leaves*: ``ndim >= 2`` by default (``where`` overrides); the weight-norm cap acts on
   every leaf, as in the official code; ``max_weight_norm=None`` switches it off.
 * Maths in float32, results cast back to the parameters' dtype. Entries that are exactly zero

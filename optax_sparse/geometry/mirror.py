@@ -17,8 +17,9 @@ Library decisions:
   Euclidean potential) or are left alone (``other_leaves="keep"``, for use after a base
   optimizer inside ``compose``).
 * Each potential carries its dual clamp and numerically safe form; maths in float32, results
-  cast back. Non-finite inputs: a leaf whose input or result is not finite keeps its value (the
-  state counts such skips), as in :func:`optax_sparse.hyperbolic_step`.
+  cast back. Non-finite values: a leaf whose input ``x`` has a NaN or an infinity keeps its
+  value (the state counts such skips in ``skipped_leaves``); an entry whose result is not finite
+  (an overflow, e.g. of the unclamped power potential) keeps its value.
 """
 
 from __future__ import annotations
@@ -118,9 +119,12 @@ def mirror_descent(
         return (-lr * x.astype(jnp.float32)).astype(p.dtype), zero
       theta = p.astype(jnp.float32)
       x32 = x.astype(jnp.float32)
+      # One float reduction over the input (NaN or inf iff an entry is not finite); the result
+      # is guarded entrywise, which needs no reduction over a computed tensor.
+      ok = jnp.isfinite(jnp.sum(x32 * 0.0))
       new = potential.step(theta, x32, lr, state.count)
-      ok = jnp.all(jnp.isfinite(new)) & jnp.all(jnp.isfinite(x32))
-      return jnp.where(ok, new - theta, 0.0).astype(p.dtype), (~ok).astype(jnp.int32)
+      u = jnp.where(ok & jnp.isfinite(new), new - theta, 0.0)
+      return u.astype(p.dtype), (~ok).astype(jnp.int32)
 
     pairs = jax.tree.map(leaf, updates, params, eligible, is_leaf=lambda v: v is None)
     is_pair = lambda v: isinstance(v, tuple) and len(v) == 2  # noqa: E731
