@@ -1,5 +1,6 @@
 """Masks: selection, layer densities, scores, rules and the mask-owning combinator."""
 
+from optax_sparse.masks.distributions import LayerDistribution, er, erk, uniform
 from optax_sparse.masks.rules import (
     MaskRule,
     SrSteState,
@@ -50,4 +51,8 @@ __all__: list[str] = [
     "select_bottom_k",
     "select_top_k",
     "select_top_k_global",
+    "LayerDistribution",
+    "er",
+    "erk",
+    "uniform",
 ]
