@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +9,6 @@ import optax
 import pytest
 
 import optax_sparse as osp
-
-pilot_module = importlib.import_module("optax_sparse.methods.pilot")
 
 
 def _np_split(theta, gamma):
@@ -192,6 +187,3 @@ def test_bad_base():
   with pytest.raises(ValueError, match="base"):
     osp.pilot(0.1, steps_per_epoch=1, total_epochs=1, base="sgd")
 
-
-def test_doctests():
-  assert doctest.testmod(pilot_module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +10,6 @@ import pytest
 
 import optax_sparse as osp
 from optax_sparse.methods import _factors
-
-sign_in_module = importlib.import_module("optax_sparse.methods.sign_in")
 
 
 def _np_split(theta, gamma):
@@ -182,6 +177,3 @@ def test_bad_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     osp.sign_in(**args)
 
-
-def test_doctests():
-  assert doctest.testmod(sign_in_module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +9,6 @@ import optax
 import pytest
 
 import optax_sparse as osp
-
-sparseopt_module = importlib.import_module("optax_sparse.methods.sparseopt")
 
 
 def _np_sparseopt(g, mask, axis, eps=1e-8):
@@ -106,6 +101,3 @@ def test_bad_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     osp.sparseopt(**kwargs)
 
-
-def test_doctests():
-  assert doctest.testmod(sparseopt_module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
