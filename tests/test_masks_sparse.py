@@ -261,6 +261,28 @@ def test_sparsity_schedule_is_evaluated_on_the_count():
       np.asarray(state.masks["w"]).ravel(), np.arange(20) >= 20 - expected)
 
 
+def test_erk_distribution_gives_exact_per_leaf_counts():
+  params = {"a": jnp.ones((16, 16)), "c": jnp.ones((4, 4)), "bias": jnp.ones(4)}
+  dist = osp.erk()
+  tx = osp.sparse(optax.sgd(0.1), osp.static_random(), 0.8, distribution=dist)
+  masks = tx.init(params).masks
+  densities = dist.densities(params, 0.8)
+  for k in ("a", "c"):
+    assert int(masks[k].sum()) == int(osp.count_for_density(params[k].size, densities[k]))
+  assert masks["bias"] is None
+  total = sum(int(masks[k].sum()) for k in ("a", "c"))
+  assert abs(total - 0.2 * (256 + 16)) <= 2
+  assert int(masks["c"].sum()) > 0.2 * 16  # ERK: small layers denser than uniform
+
+
+def test_distribution_that_cannot_meet_the_target_raises_at_init():
+  params = {"a": jnp.ones((8, 8)), "b": jnp.ones((2, 2))}
+  dist = osp.uniform(dense=lambda path, leaf: leaf.shape == (8, 8))  # 64 of 68 stay dense
+  tx = osp.sparse(optax.sgd(0.1), osp.static_random(), 0.5, distribution=dist)
+  with pytest.raises(ValueError, match="sparsity"):
+    tx.init(params)
+
+
 def test_seed_sets_the_key_and_masks_follow_it():
   params = {"w": jnp.ones((4, 4))}
   masks = {"w": jnp.arange(16).reshape(4, 4) < 8}
