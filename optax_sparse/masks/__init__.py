@@ -16,6 +16,13 @@ from optax_sparse.masks.rules import (
     sr_ste,
     static_random,
 )
+from optax_sparse.masks.scores import (
+    grasp_scores,
+    magnitude_scores,
+    masks_from_scores,
+    snip_scores,
+    synflow_scores,
+)
 from optax_sparse.masks.select import (
     block_mask,
     count_for_density,
@@ -55,4 +62,9 @@ __all__: list[str] = [
     "er",
     "erk",
     "uniform",
+    "grasp_scores",
+    "magnitude_scores",
+    "masks_from_scores",
+    "snip_scores",
+    "synflow_scores",
 ]
