@@ -206,12 +206,14 @@ def test_rigl_in_sparse_grows_from_raw_dense_gradient_and_keeps_regrown_values()
   # A plain step, then a mask step with non-finite gradients on inactive entries: masks keep an
   # exact count, never grow there, and parameters stay finite.
   params = {"w": jnp.asarray(new)}
-  updates, state = step({"w": jnp.asarray(g)}, state, params)
-  params = optax.apply_updates(params, updates)
-  bad = np.where(state.masks["w"], 0.1, np.nan).astype(np.float32)
-  bad[0, 0] = np.inf if not state.masks["w"][0, 0] else bad[0, 0]
-  before = np.asarray(state.masks["w"])
-  updates, state = step({"w": jnp.asarray(bad)}, state, params)
+  with test_utils.log_compilations() as logs:
+    updates, state = step({"w": jnp.asarray(g)}, state, params)
+    params = optax.apply_updates(params, updates)
+    bad = np.where(state.masks["w"], 0.1, np.nan).astype(np.float32)
+    bad[0, 0] = np.inf if not state.masks["w"][0, 0] else bad[0, 0]
+    before = np.asarray(state.masks["w"])
+    updates, state = step({"w": jnp.asarray(bad)}, state, params)
+  assert not [x for x in logs if "jit(update_fn)" in x.getMessage()], "one compilation"
   after = np.asarray(state.masks["w"])
   assert after.sum() == 8
   assert not np.any(after & ~before), "non-finite gradients must not win the growth ranking"
