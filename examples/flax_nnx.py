@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> float:
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="a few steps only (for tests)")
-  steps = 30 if parser.parse_args(argv).fast else 1500
+  steps = 100 if parser.parse_args(argv).fast else 1500
   digits = load_digits()
   x = (digits.data / 16.0).astype(np.float32)
   y = digits.target.astype(np.int32)

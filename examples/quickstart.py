@@ -9,6 +9,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optax_sparse as osp
@@ -19,10 +20,10 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--fast", action="store_true", help="a few steps only (for tests)")
   steps = 30 if parser.parse_args(argv).fast else 2000
   # A sparse teacher: 10% of its weights are non-zero.
-  kx, kt, kp = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (512, 64))
-  teacher = jax.random.normal(kt, (64, 16)) * (jax.random.uniform(kp, (64, 16)) < 0.1)
-  y = x @ teacher
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(512, 64)), jnp.float32)
+  teacher = rng.normal(size=(64, 16)) * (rng.uniform(size=(64, 16)) < 0.1)
+  y = x @ jnp.asarray(teacher, jnp.float32)
   params = {"w": jnp.zeros((64, 16)) + 0.01, "b": jnp.zeros(16)}
 
   # --- the library in ten lines ---------------------------------------------------------------

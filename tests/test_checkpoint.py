@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -25,11 +26,11 @@ STEPS, SPLIT = 10, 4
 
 
 def _params() -> dict:
-  k1, k2 = jax.random.split(jax.random.key(0))
+  rng = np.random.default_rng(0)  # NumPy: no compilation for the initialization
   return {
-      "w1": jax.random.normal(k1, (6, 8)) / 3.0,
+      "w1": jnp.asarray(rng.normal(size=(6, 8)) / 3.0, jnp.float32),
       "b1": jnp.zeros(8),
-      "w2": jax.random.normal(k2, (8, 4)) / 3.0,
+      "w2": jnp.asarray(rng.normal(size=(8, 4)) / 3.0, jnp.float32),
   }
 
 
@@ -61,7 +62,11 @@ def _nanoadam():
 
 
 def _sign_in():
-  return osp.sign_in(optax.adam(1e-2))
+  return osp.sign_in(optax.adam(1e-2), reset_every=3)
+
+
+def _pilot():
+  return osp.pilot(1e-2, steps_per_epoch=3, total_epochs=4)
 
 
 FACTORIES = {
@@ -70,7 +75,10 @@ FACTORIES = {
     "sparse_sgd_set": _set_sgd,
     "nanoadam": _nanoadam,
     "sign_in": _sign_in,
+    "pilot": _pilot,
 }
+# Transformations given a (rising) training accuracy as the extra argument of ``update``.
+WITH_ACCURACY = {"pilot"}
 
 
 def _run(tx, params, state, start: int, stop: int, step_fn):
@@ -86,7 +94,8 @@ def test_resume_from_checkpoint_is_bit_identical(name, tmp_path):
   @jax.jit
   def step(params, state, i):
     grads = jax.grad(_loss)(params, jax.random.fold_in(jax.random.key(7), i))
-    updates, state = tx.update(grads, state, params)
+    extra = {"train_accuracy": i.astype(jnp.float32) / STEPS} if name in WITH_ACCURACY else {}
+    updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
   params0 = _params()

@@ -18,7 +18,7 @@ def test_demo_fast_mode_writes_table_and_png(tmp_path, capsys):
 
   out = tmp_path / "out"
   code = cli.main(
-      ["demo", "--steps", "30", "--sparsity", str(SPARSITY), "--out", str(out), "--no-progress"]
+      ["demo", "--steps", "80", "--sparsity", str(SPARSITY), "--out", str(out), "--no-progress"]
   )
   assert code == 0
   printed = capsys.readouterr().out

@@ -83,6 +83,10 @@ def test_readme_quick_start_runs():
   code = readme.split("## Quick start")[1].split("```python\n")[1].split("```")[0]
   namespace: dict = {}
   exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+  osp = namespace["osp"]
   w = np.asarray(namespace["params"]["w"])
-  assert np.mean(w == 0) == pytest.approx(0.9, abs=0.01)
+  mask = np.asarray(osp.get_masks(namespace["state"])["w"])
+  assert mask.mean() == pytest.approx(0.1, abs=0.005)
+  assert np.all(w[~mask] == 0) and np.mean(w != 0) <= 0.1
+  assert osp.get_masks(namespace["state"])["b"] is None
   assert np.all(np.asarray(namespace["params"]["b"]) != 0)  # biases stay dense and moved
