@@ -344,14 +344,15 @@ def gradual_magnitude(
     A :class:`MaskRule` for :func:`optax_sparse.sparse`.
 
   Examples:
-    >>> import jax.numpy as jnp, optax
+    >>> import jax, jax.numpy as jnp, optax
     >>> import optax_sparse as osp
     >>> rule = osp.gradual_magnitude(begin_step=0, end_step=10, frequency=5)
     >>> tx = osp.sparse(optax.sgd(0.1), rule, sparsity=0.75)
     >>> params = {"w": jnp.arange(1.0, 9.0).reshape(2, 4)}
     >>> state = tx.init(params)
+    >>> update = jax.jit(tx.update)
     >>> for _ in range(11):
-    ...   updates, state = tx.update(params, state, params)
+    ...   updates, state = update(params, state, params)
     ...   params = optax.apply_updates(params, updates)
     >>> int(osp.get_masks(state)["w"].sum())
     2

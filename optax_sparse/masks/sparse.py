@@ -237,9 +237,10 @@ def sparse(
     >>> tx = osp.sparse(optax.adam(1e-2), osp.rigl(every=2, end_step=10), sparsity=0.75)
     >>> params = {"w": jnp.ones((4, 4)), "b": jnp.zeros((4,))}
     >>> state = tx.init(params)
+    >>> update = jax.jit(tx.update)
     >>> for _ in range(3):
     ...   grads = jax.tree.map(jnp.ones_like, params)
-    ...   updates, state = tx.update(grads, state, params)
+    ...   updates, state = update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
     >>> int(jnp.sum(params["w"] != 0)), osp.get_masks(state)["b"] is None
     (4, True)
