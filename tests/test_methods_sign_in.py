@@ -151,7 +151,7 @@ def test_inside_sparse_masks_are_respected():
   try:
     tx = osp.sparse(osp.sign_in(optax.sgd(0.05, momentum=0.9), reset_every=2),
                     osp.static_random(), sparsity=0.5)
-    state = tx.init(params)
+    state = jax.jit(tx.init)(params)
   except (AttributeError, ImportError) as e:  # the masks package is still being assembled
     pytest.skip(f"optax_sparse.sparse is not usable: {e}")
   step = jax.jit(tx.update)
