@@ -7,6 +7,7 @@ checks use a tiny hand-written rule (a roll of the mask) and only a few tests co
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,9 +53,31 @@ def _problem(seed=0, shape=(4, 6)):
 
 def _param_leaves(inner, inner_state):
   """Every per-parameter array of an inner state (one per parameter leaf and copy)."""
+  if isinstance(inner_state, _NormState):
+    return jax.tree.leaves(inner_state.trace)
   found = []
-  optax.tree.map_params(inner, lambda v: found.append(v) or v, inner_state)
-  return found
+  optax.tree.map_params(inner, lambda v: found.append(v) or v, inner_state,
+                        is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return [v for v in found if not isinstance(v, optax.MaskedNode)]
+
+
+class _NormState(NamedTuple):
+  trace: Any
+  initial_norm: jax.Array
+
+
+def _inner_without_placeholder_init():
+  """Momentum whose ``init`` reads a parameter leaf: ``map_params`` placeholders cannot run it."""
+
+  def init(params):
+    return _NormState(jax.tree.map(jnp.zeros_like, params), jnp.linalg.norm(params["w"]))
+
+  def update(grads, state, params=None):
+    del params
+    trace = jax.tree.map(lambda t, g: 0.9 * t + g, state.trace, grads)
+    return jax.tree.map(lambda t: -0.1 * t, trace), _NormState(trace, state.initial_norm)
+
+  return optax.GradientTransformation(init, update)
 
 
 INNERS = {
@@ -63,6 +86,8 @@ INNERS = {
     "lion": lambda: optax.lion(0.1),
     "chain": lambda: optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(0.1)),
     "inject": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=0.1),
+    "masked": lambda: optax.masked(optax.adam(0.1), {"w": True, "b": False}),
+    "structural": _inner_without_placeholder_init,
 }
 
 
