@@ -97,20 +97,27 @@ def test_non_finite_gradient_never_corrupts_params(cap):
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
 
 
-def test_overflowing_result_reverts():
+@pytest.mark.parametrize("cap", [10.0, None])
+def test_overflowing_result_reverts_entry(cap):
   params = {"w": np.array([[1e38, 1.0]], np.float32)}
   grads = {"w": np.full((1, 2), -1.0, np.float32)}
-  # Cap on: the whole leaf keeps its value.
-  tx = osp.hyperbolic_step(1.0, alpha=100.0, beta=0.0, max_weight_norm=10.0)
-  updates, state = tx.update(grads, tx.init(params), params)
-  np.testing.assert_array_equal(updates["w"], np.zeros((1, 2), np.float32))
-  assert int(state.skipped_leaves) == 1
-  # Cap off: only the overflowing entry keeps its value.
-  tx = osp.hyperbolic_step(1.0, alpha=100.0, beta=0.0, max_weight_norm=None)
+  tx = osp.hyperbolic_step(1.0, alpha=100.0, beta=0.0, max_weight_norm=cap)
   updates, state = tx.update(grads, tx.init(params), params)
   new = params["w"] + np.asarray(updates["w"])
+  # The overflowing entry keeps its value, the other one takes the step; a norm that overflows
+  # float32 leaves the leaf uncapped rather than zeroed.
   assert new[0, 0] == np.float32(1e38)
   np.testing.assert_allclose(new[0, 1], np.exp(5.0), rtol=1e-6)
+  assert int(state.skipped_leaves) == 0
+
+
+def test_cap_applies_to_skipped_leaf():
+  params = {"w": np.full((2, 2), 10.0, np.float32)}
+  grads = {"w": np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)}
+  tx = osp.hyperbolic_step(0.1, max_weight_norm=5.0)
+  updates, state = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(params["w"] + updates["w"], np.full((2, 2), 2.5), rtol=1e-6)
+  assert int(state.skipped_leaves) == 1
 
 
 def test_where_selects_leaves():

@@ -22,13 +22,16 @@ Library decisions and open points (METHODS.md §2):
 * *Post-step gradient clipping* of the official code (``clip_grad_norm_(20)`` after both steps)
   has no effect on the step itself and is not ported.
 * *Non-finite values.* A leaf whose gradient is not finite (NaN or ±inf) keeps its pre-HAM
-  value ``θ½`` unchanged (no weight-norm cap either); the state counts such skips in
+  value ``θ½`` (the official code skips such a tensor); the state counts such skips in
   ``skipped_leaves``. With finite ``g`` and ``θ½`` the result can only be non-finite where
-  ``|θ½|·e⁵`` overflows float32 (``|θ½| > 2.3e36``): with the cap on, the whole leaf then keeps
-  ``θ½`` (the cap's norm reduction detects it; a leaf whose squared norm overflows float32, norm
-  above ~1.8e19, counts as non-finite too); with ``max_weight_norm=None`` only the overflowing
-  entries keep ``θ½``, which spares a reduction over the result. The base step is not guarded:
-  wrap the base in ``optax.chain(optax.zero_nans(), base)`` when its state must survive NaNs.
+  ``|θ½|·e⁵`` overflows float32 (``|θ½| > 2.3e36``): those entries keep ``θ½`` (library
+  decision: entrywise, where the official code restores the whole tensor; it spares a reduction
+  over the result). The weight-norm cap then acts on every leaf, skipped or not, as in the
+  official code; a leaf whose squared norm overflows float32 (norm above ~1.8e19) is left
+  uncapped rather than zeroed, and a non-finite leaf (e.g. a NaN coming from the base step)
+  stays as it is. The base step is
+  not guarded: wrap the base in ``optax.chain(optax.zero_nans(), base)`` when its state must
+  survive NaNs.
 * *Eligible leaves*: ``ndim >= 2`` by default (``where`` overrides); the weight-norm cap acts on
   every leaf, as in the official code; ``max_weight_norm=None`` switches it off.
 * Maths in float32, results cast back to the parameters' dtype. Entries that are exactly zero
@@ -94,11 +97,12 @@ def hyperbolic_factor(
   return jnp.where(h != 0, h * jnp.exp(e), h)
 
 
-def _cap_scale(sq_norm: jnp.ndarray, max_weight_norm: float | None) -> jnp.ndarray:
+def _cap_scale(x: jnp.ndarray, max_weight_norm: float | None) -> jnp.ndarray:
+  """``min(1, c/‖x‖₂)``; a squared norm that overflows float32 (‖x‖ > ~1.8e19) gives 1."""
   if max_weight_norm is None:
     return jnp.ones([], jnp.float32)
-  norm = jnp.sqrt(sq_norm)
-  return jnp.where(norm > max_weight_norm, max_weight_norm / norm, 1.0)
+  ratio_sq = jnp.sum(x * x) / (max_weight_norm * max_weight_norm)
+  return jnp.where((ratio_sq > 1.0) & jnp.isfinite(ratio_sq), jax.lax.rsqrt(ratio_sq), 1.0)
 
 
 def hyperbolic_step(
@@ -172,21 +176,20 @@ def hyperbolic_step(
       if not elig:
         if max_weight_norm is None:
           return jnp.zeros_like(p), jnp.zeros([], jnp.int32)
-        new = h * _cap_scale(jnp.sum(h * h), max_weight_norm)
+        new = h * _cap_scale(h, max_weight_norm)
         return (new - h).astype(p.dtype), jnp.zeros([], jnp.int32)
       g32 = g.astype(jnp.float32)
-      # One float reduction over the raw gradient: NaN or inf iff some entry is not finite
-      # (cheaper than a boolean all() on CPU, and the gradient is already in memory).
-      ok = jnp.isfinite(jnp.sum(g32 * 0.0))
+      # One float reduction over the raw gradient, NaN iff some entry is not finite (g − g is 0
+      # or NaN). Cheaper on CPU than a boolean all(), and free of broadcast constants, which
+      # XLA CPU would materialize as full-size temporaries for the reduction.
+      ok = jnp.isfinite(jnp.sum(g32 - g32))
       new = hyperbolic_factor(h, g32, lr, a, b)
-      if max_weight_norm is None:
-        # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32:
-        # such entries keep θ½ (an elementwise guard needs no extra reduction).
-        out = jnp.where(ok & jnp.isfinite(new), new, h)
-      else:
-        sq_norm = jnp.sum(new * new)
-        ok = ok & jnp.isfinite(sq_norm)
-        out = jnp.where(ok, new * _cap_scale(sq_norm, max_weight_norm), h)
+      # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32: such
+      # entries keep θ½. This entrywise guard needs no reduction over the result.
+      out = jnp.where(ok & jnp.isfinite(new), new, h)
+      # The cap comes last, on every leaf, skipped or not (the official order). Only a multiply
+      # follows its reduction, so θ½ is dead by then and XLA can reuse its buffer.
+      out = out * _cap_scale(out, max_weight_norm)
       return (out - h).astype(p.dtype), (~ok).astype(jnp.int32)
 
     pairs = jax.tree.map(leaf, updates, params, eligible, is_leaf=lambda x: x is None)

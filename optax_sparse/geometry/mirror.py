@@ -119,9 +119,9 @@ def mirror_descent(
         return (-lr * x.astype(jnp.float32)).astype(p.dtype), zero
       theta = p.astype(jnp.float32)
       x32 = x.astype(jnp.float32)
-      # One float reduction over the input (NaN or inf iff an entry is not finite); the result
-      # is guarded entrywise, which needs no reduction over a computed tensor.
-      ok = jnp.isfinite(jnp.sum(x32 * 0.0))
+      # One float reduction over the input (x − x is 0 or NaN), free of broadcast constants that
+      # XLA CPU would materialize; the result is guarded entrywise, with no further reduction.
+      ok = jnp.isfinite(jnp.sum(x32 - x32))
       new = potential.step(theta, x32, lr, state.count)
       u = jnp.where(ok & jnp.isfinite(new), new - theta, 0.0)
       return u.astype(p.dtype), (~ok).astype(jnp.int32)
