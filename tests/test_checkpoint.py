@@ -43,17 +43,12 @@ def _loss(params: dict, key: jax.Array) -> jax.Array:
 
 
 def _rigl_ham():
+  # The state holds masks, the rule's PRNG key (RigL's tie-break noise), HAM's and AdamW's state.
   return osp.sparse(
       osp.ham(optax.adamw(1e-2), learning_rate=1e-2),
       osp.rigl(drop_fraction=0.3, every=3, end_step=STEPS),
       sparsity=0.7,
       distribution=osp.erk(),
-  )
-
-
-def _set_sgd():
-  return osp.sparse(
-      optax.sgd(1e-2, momentum=0.9), osp.set_(drop_fraction=0.3, every=3), sparsity=0.5
   )
 
 
@@ -72,7 +67,6 @@ def _pilot():
 FACTORIES = {
     "adamw": lambda: optax.adamw(1e-2),
     "sparse_ham_rigl": _rigl_ham,
-    "sparse_sgd_set": _set_sgd,
     "nanoadam": _nanoadam,
     "sign_in": _sign_in,
     "pilot": _pilot,
