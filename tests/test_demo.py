@@ -18,7 +18,7 @@ def test_demo_fast_mode_writes_table_and_png(tmp_path, capsys):
 
   out = tmp_path / "out"
   code = cli.main(
-      ["demo", "--steps", "80", "--sparsity", str(SPARSITY), "--out", str(out), "--no-progress"]
+      ["demo", "--steps", "150", "--sparsity", str(SPARSITY), "--out", str(out), "--no-progress"]
   )
   assert code == 0
   printed = capsys.readouterr().out
@@ -30,7 +30,7 @@ def test_demo_fast_mode_writes_table_and_png(tmp_path, capsys):
   assert set(results) == set(demo.METHODS)
   assert results["dense"]["sparsity"] is None
   for method, r in results.items():
-    assert r["accuracy"] > 0.2, (method, r["accuracy"])  # chance is 0.1
+    assert r["accuracy"] > 0.25, (method, r["accuracy"])  # chance is 0.1
     assert len(r["curve_steps"]) == len(r["curve_accuracy"]) >= 10
     if method != "dense":
       assert abs(r["sparsity"] - SPARSITY) <= 0.01, (method, r["sparsity"])
