@@ -90,3 +90,25 @@ def test_readme_quick_start_runs():
   assert np.all(w[~mask] == 0) and np.mean(w != 0) <= 0.1
   assert osp.get_masks(namespace["state"])["b"] is None
   assert np.all(np.asarray(namespace["params"]["b"]) != 0)  # biases stay dense and moved
+
+
+def test_guide_recipes_construct():
+  """Every complete call in the guide's recipe table builds an optax transformation."""
+  import re
+
+  import jax
+  import optax
+
+  import optax_sparse as osp
+
+  guide = (EXAMPLES.parent / "docs" / "guide.md").read_text()
+  table = guide.split("## Recipes")[1].split("\n## ")[0]
+  calls = [c for c in re.findall(r"`([^`]+)`", table)
+           if c.startswith(("osp.", "optax.")) and "..." not in c]
+  assert len(calls) >= 15
+  namespace = {"osp": osp, "optax": optax, "jax": jax, "lr": optax.cosine_decay_schedule(0.1, 100),
+               "T": 1000, "S": 10, "E": 100, "s": 0.9, "steps_per_epoch": 10,
+               "inner": optax.sgd(0.1)}
+  for call in calls:
+    tx = eval(call, namespace)  # noqa: S307
+    assert isinstance(tx, optax.GradientTransformation), call
