@@ -156,6 +156,15 @@ def test_nm_mask_exact_per_group(axis):
     assert (groups.sum(-1) == n).all()
 
 
+def test_nm_mask_large_groups_use_the_same_ranking():
+  rng = np.random.default_rng(8)
+  s = rng.integers(0, 4, (64, 3)).astype(np.float32)  # ties
+  s[5, 1] = np.nan
+  got = np.asarray(select.nm_mask(jnp.asarray(s), 5, 32, axis=0))
+  nan_last = np.where(np.isnan(s), -np.inf, s)  # NaN ranks lowest, below the finite scores
+  np.testing.assert_array_equal(got, _ref_nm(nan_last, 5, 32, 0))
+
+
 def test_nm_mask_default_axis_is_fan_in():
   s = jnp.asarray(np.random.default_rng(6).normal(size=(3, 3, 8, 5)), jnp.float32)
   m = np.asarray(select.nm_mask(s, 2, 4))

@@ -66,6 +66,8 @@ __all__ = [
 _BITS = 16
 # Row length of the tie-fix view.
 _ROW = 1024
+# Largest N:M group ranked by pairwise comparison (O(N·m) work); larger groups use lax.top_k.
+_NM_PAIRWISE = 16
 
 
 def count_for_density(n: int, density: Any) -> jnp.ndarray:
@@ -306,7 +308,8 @@ def nm_mask(scores: jnp.ndarray, n: int, m: int, axis: int = -2) -> jnp.ndarray:
   Exactly ``n`` entries are kept per group; ties by lower index within the group, NaN lowest.
   The default axis is the fan-in (reduction) axis of Flax kernels, ``-2`` for ``(in, out)`` and
   ``(kh, kw, in, out)``, which 2:4 sparse tensor cores need (METHODS.md §12.9, open point 17).
-  Ranks are computed by pairwise comparison inside each group (``O(N·m)``), no sort.
+  Ranks are computed by pairwise comparison inside each group (``O(N·m)``) for ``m <= 16``, and
+  by ``jax.lax.top_k`` within each group (static ``n``) for larger groups; no whole-array sort.
 
   Args:
     scores: an array with at least one dimension.
@@ -348,6 +351,13 @@ def _nm_mask(scores: jnp.ndarray, n: int, m: int, axis: int) -> jnp.ndarray:
   moved = jnp.moveaxis(scores, axis, -1)
   length = moved.shape[-1]
   key = score_keys(moved).reshape(moved.shape[:-1] + (length // m, m))
+  if m > _NM_PAIRWISE:
+    # Large groups: lax.top_k inside each group (lower index first among equal keys); signed
+    # keys keep the order of the unsigned ones.
+    signed = jax.lax.bitcast_convert_type(key ^ jnp.uint32(0x80000000), jnp.int32)
+    _, idx = jax.lax.top_k(signed, n)
+    keep = jnp.sum(jax.nn.one_hot(idx, m, dtype=jnp.int32), axis=-2) > 0
+    return jnp.moveaxis(keep.reshape(moved.shape), -1, axis)
   idx = jnp.arange(m)
   # rank_i = #{j : key_j > key_i} + #{j < i : key_j = key_i}
   above = (key[..., None, :] > key[..., :, None]) | (
