@@ -56,9 +56,11 @@ def main(argv: list[str] | None = None) -> float:
   y = digits.target.astype(np.int32)
   x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
 
-  lr = optax.cosine_decay_schedule(0.05, steps)
+  lr = optax.cosine_decay_schedule(0.02, steps)
   tx = osp.sparse(
-      osp.ham(optax.sgd(lr, momentum=0.9), learning_rate=lr),
+      # alpha=200 (the default, HAM's ImageNet setting) is too strong for this small MLP at this
+      # learning rate: the multiplicative step makes it diverge. Tune alpha with the learning rate.
+      osp.ham(optax.sgd(lr, momentum=0.9), learning_rate=lr, alpha=50.0),
       osp.rigl(drop_fraction=0.3, every=max(1, steps // 15), end_step=(3 * steps) // 4),
       sparsity=0.8,
       distribution=osp.erk(),

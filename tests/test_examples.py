@@ -39,7 +39,8 @@ def test_flax_examples_learn_and_stay_sparse(name, capsys):
   assert accuracy > 0.3  # chance is 0.1
   printed = capsys.readouterr().out
   sparsity = float(printed.split("kernel sparsity ")[1].split("%")[0]) / 100
-  assert abs(sparsity - 0.8) < 0.02 if name == "flax_linen_trainstate" else sparsity > 0.5
+  # Linen: uniform 80%; NNX: ERK at 80% overall gives the large hidden kernel a lower density.
+  assert abs(sparsity - 0.8) < 0.02 if name == "flax_linen_trainstate" else sparsity > 0.85
 
 
 def test_nanoadam_finetune_changes_few_weights():
