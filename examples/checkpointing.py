@@ -15,8 +15,8 @@ Two details, handled by :func:`save` and :func:`restore` below:
   then returns the same pytree types.
 
 Run ``python examples/checkpointing.py`` (``--fast`` for a few steps): it trains a small MLP on
-scikit-learn's digits with RigL, stops half way, saves, restores into a fresh state and checks
-that the rest of the run is bit-identical to an uninterrupted one.
+scikit-learn's digits with RigL and HAM, stops half way, saves, restores into a fresh state and
+checks that the rest of the run is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(h @ params["w2"] + params["b2"], y).mean()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="a few steps only (for tests)")
   args = parser.parse_args(argv)
@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> None:
   digits = load_digits()
   x = jnp.asarray(digits.data / 16.0, jnp.float32)
   y = jnp.asarray(digits.target, jnp.int32)
+  # The state holds masks, the rule's PRNG key (RigL's tie-break noise), HAM's and AdamW's state.
   tx = osp.sparse(
-      optax.adamw(3e-3),
+      osp.ham(optax.adamw(3e-3), learning_rate=3e-3, alpha=50.0),
       osp.rigl(drop_fraction=0.3, every=max(1, steps // 10), end_step=steps),
       sparsity=0.8,
       distribution=osp.erk(),
@@ -127,12 +128,14 @@ def main(argv: list[str] | None = None) -> None:
   half = train(params0, tx.init(params0), 0, steps // 2, "first half")
   with tempfile.TemporaryDirectory() as tmp:
     save(pathlib.Path(tmp) / "ckpt", half)
-    resumed = restore(pathlib.Path(tmp) / "ckpt", (params0, tx.init(params0)))
-  resumed = train(*resumed, steps // 2, steps, "resumed")
+    restored = restore(pathlib.Path(tmp) / "ckpt", (params0, tx.init(params0)))
+  resumed = train(*restored, steps // 2, steps, "resumed")
   same = trees_identical(straight, resumed)
   print(f"loss {float(_loss(resumed[0], x, y)):.4f}; resumed run bit-identical: {same}")
   if not same:
     raise SystemExit("the resumed run differs from the uninterrupted one")
+  return {"straight": straight, "half": half, "restored": restored, "resumed": resumed,
+          "template": (params0, tx.init(params0))}
 
 
 if __name__ == "__main__":
