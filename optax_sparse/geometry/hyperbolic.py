@@ -40,14 +40,14 @@ Library decisions and open points (METHODS.md §2):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
-from optax_sparse.compose import compose
+from optax_sparse import _eligibility, _hyperparams, kernels
+from optax_sparse.compose import ComposeState, compose
 from optax_sparse.geometry.mirror import mirror_descent
 from optax_sparse.geometry.potentials import Potential
 
@@ -105,6 +105,91 @@ def _cap_scale(x: jnp.ndarray, max_weight_norm: float | None) -> jnp.ndarray:
   return jnp.where((ratio_sq > 1.0) & jnp.isfinite(ratio_sq), jax.lax.rsqrt(ratio_sq), 1.0)
 
 
+def _capped_minus(out: jnp.ndarray, ref: jnp.ndarray, max_weight_norm: float | None):
+  """``min(1, c/‖out‖₂)·out − ref``."""
+  if max_weight_norm is None:
+    return out - ref
+  return out * _cap_scale(out, max_weight_norm) - ref
+
+
+def _check_backend(backend: str) -> str:
+  kernels.resolve_backend(backend, name="backend")
+  return backend
+
+
+def _hyperbolic_update(
+    grads: Any,
+    state: HyperbolicStepState,
+    params: Any,
+    base_updates: Any,
+    masks: Any,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    alpha: float,
+    beta: float,
+    max_weight_norm: float | None,
+    where: _eligibility.Where,
+    backend: str,
+) -> tuple[Any, HyperbolicStepState]:
+  """The hyperbolic step on ``θ½ = params + base_updates``; returns ``θ_{t+1} − params``.
+
+  With ``base_updates=None`` the iterate is ``params`` itself (:func:`hyperbolic_step`). The
+  update is written in one expression from ``params``: no separate pass forms ``θ½`` or adds
+  the base update to the hyperbolic one.
+  """
+  lr = _hyperparams.evaluate(learning_rate, state.count)
+  a = jnp.asarray(alpha, jnp.float32)
+  b = jnp.asarray(beta, jnp.float32)
+  eligible = _eligibility.eligible_tree(where, params)
+  use_pallas = kernels.resolve_backend(backend) == "pallas"
+  if base_updates is None:
+    base_updates = jax.tree.map(lambda p: None, params, is_leaf=lambda x: x is None)
+  if masks is None:
+    masks = jax.tree.map(lambda p: None, params, is_leaf=lambda x: x is None)
+  zero = jnp.zeros([], jnp.int32)
+
+  def leaf(g, p, ub, elig, mask):
+    if p is None:
+      return None, zero
+    p32 = p.astype(jnp.float32)
+    # θ½ exactly as optax.apply_updates forms it (rounded to the parameters' dtype).
+    h = p32 if ub is None else (p + ub).astype(p.dtype).astype(jnp.float32)
+    if not elig:
+      if max_weight_norm is None:
+        return (jnp.zeros_like(p) if ub is None else ub), zero
+      return _capped_minus(h, p32, max_weight_norm).astype(p.dtype), zero
+    g32 = g.astype(jnp.float32)
+    # One float reduction over the raw gradient, NaN iff some entry is not finite (g − g is 0
+    # or NaN). Cheaper on CPU than a boolean all(), and free of broadcast constants, which
+    # XLA CPU would materialize as full-size temporaries for the reduction.
+    ok = jnp.isfinite(jnp.sum(g32 - g32))
+    if use_pallas:
+      # The kernel forms θ½ = θ + u_base in float32 (for float32 parameters the same θ½).
+      u_kernel = kernels.hyperbolic_mask_update(
+          p, g, jnp.zeros_like(p) if ub is None else ub, mask, learning_rate=lr, alpha=a,
+          beta=b, backend="pallas")
+      new = p32 + u_kernel.astype(jnp.float32)
+    else:
+      # hyperbolic_factor without its zero select: the guard below does its work. Where
+      # θ½ = ±0, θ½·exp(e) is ±0 for a finite e and NaN otherwise (then θ½ is kept). The sign
+      # select equals sign(θ½)·g wherever θ½ ≠ 0 and is the kernel's form.
+      e = jnp.clip(-lr * (a * jnp.where(h > 0, g32, -g32) + b), -EXPONENT_CLIP, EXPONENT_CLIP)
+      new = h * jnp.exp(e)
+      if mask is not None:
+        new = jnp.where(mask, new, 0.0)
+    # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32: such
+    # entries keep θ½. This entrywise guard needs no reduction over the result.
+    out = jnp.where(ok & jnp.isfinite(new), new, h)
+    # The cap comes last, on every leaf, skipped or not (the official order).
+    return _capped_minus(out, p32, max_weight_norm).astype(p.dtype), (~ok).astype(jnp.int32)
+
+  pairs = jax.tree.map(leaf, grads, params, base_updates, eligible, masks,
+                       is_leaf=lambda x: x is None)
+  is_pair = lambda x: isinstance(x, tuple) and len(x) == 2  # noqa: E731
+  new_updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
+  skipped = sum((t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)), zero)
+  return new_updates, HyperbolicStepState(
+      optax.safe_increment(state.count), state.skipped_leaves + skipped)
 def hyperbolic_step(
     learning_rate: optax.ScalarOrSchedule,
     alpha: float = 200.0,
@@ -112,6 +197,7 @@ def hyperbolic_step(
     *,
     max_weight_norm: float | None = 1000.0,
     where: _eligibility.Where = None,
+    backend: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""HAM's hyperbolic step on the iterate it receives, with the raw gradient it receives.
 
@@ -155,50 +241,18 @@ def hyperbolic_step(
     _hyperparams.check_scalar(
         "max_weight_norm", max_weight_norm, low=0.0, low_open=True, allow_schedule=False)
   _eligibility.check_where("where", where)
+  _check_backend(backend)
 
   def init_fn(params):
     del params
     return HyperbolicStepState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
-    lr = _hyperparams.evaluate(learning_rate, state.count)
-    a = jnp.asarray(alpha, jnp.float32)
-    b = jnp.asarray(beta, jnp.float32)
-    eligible = _eligibility.eligible_tree(where, params)
-
-    def leaf(g, p, elig):
-      if p is None:
-        return None, jnp.zeros([], jnp.int32)
-      h = p.astype(jnp.float32)
-      if not elig:
-        if max_weight_norm is None:
-          return jnp.zeros_like(p), jnp.zeros([], jnp.int32)
-        new = h * _cap_scale(h, max_weight_norm)
-        return (new - h).astype(p.dtype), jnp.zeros([], jnp.int32)
-      g32 = g.astype(jnp.float32)
-      # One float reduction over the raw gradient, NaN iff some entry is not finite (g − g is 0
-      # or NaN). Cheaper on CPU than a boolean all(), and free of broadcast constants, which
-      # XLA CPU would materialize as full-size temporaries for the reduction.
-      ok = jnp.isfinite(jnp.sum(g32 - g32))
-      new = hyperbolic_factor(h, g32, lr, a, b)
-      # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32: such
-      # entries keep θ½. This entrywise guard needs no reduction over the result.
-      out = jnp.where(ok & jnp.isfinite(new), new, h)
-      # The cap comes last, on every leaf, skipped or not (the official order). Only a multiply
-      # follows its reduction, so θ½ is dead by then and XLA can reuse its buffer.
-      out = out * _cap_scale(out, max_weight_norm)
-      return (out - h).astype(p.dtype), (~ok).astype(jnp.int32)
-
-    pairs = jax.tree.map(leaf, updates, params, eligible, is_leaf=lambda x: x is None)
-    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2  # noqa: E731
-    new_updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
-    skipped = sum((t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)),
-                  jnp.zeros([], jnp.int32))
-    return new_updates, HyperbolicStepState(
-        optax.safe_increment(state.count), state.skipped_leaves + skipped)
+    return _hyperbolic_update(
+        updates, state, params, None, extra_args.get("masks"), learning_rate=learning_rate,
+        alpha=alpha, beta=beta, max_weight_norm=max_weight_norm, where=where, backend=backend)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -211,6 +265,7 @@ def ham(
     *,
     max_weight_norm: float | None = 1000.0,
     where: _eligibility.Where = None,
+    backend: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""HAM: a base optimizer step followed by the hyperbolic step with the same raw gradient.
 
@@ -255,10 +310,25 @@ def ham(
   """
   if not isinstance(base, optax.GradientTransformation):
     raise ValueError(f"base must be an optax.GradientTransformation; got {base!r}.")
-  return compose(
-      base,
-      hyperbolic_step(learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where),
-  )
+  step = hyperbolic_step(
+      learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where, backend=backend)
+  base = optax.with_extra_args_support(base)
+
+  def init_fn(params):
+    return ComposeState(inner_states=(base.init(params), step.init(params)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    base_state, step_state = state.inner_states
+    base_updates, base_state = base.update(updates, base_state, params, **extra_args)
+    new_updates, step_state = _hyperbolic_update(
+        updates, step_state, params, base_updates, extra_args.get("masks"),
+        learning_rate=learning_rate, alpha=alpha, beta=beta, max_weight_norm=max_weight_norm,
+        where=where, backend=backend)
+    return new_updates, ComposeState(inner_states=(base_state, step_state))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 _ORDERS = ("adamw_first", "mirror_first")
