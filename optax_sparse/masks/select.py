@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_sparse import kernels
+
 __all__ = [
     "block_mask",
     "count_for_density",
@@ -64,6 +66,10 @@ __all__ = [
 
 # Bits of the key resolved per histogram pass (two passes of 16 bits).
 _BITS = 16
+# Bits per pass of the Pallas histogram kernel (four passes of 256 bins).
+_PALLAS_BITS = 8
+# Width of the triangles of the suffix-sum search.
+_TRI = 256
 # Row length of the tie-fix view.
 _ROW = 1024
 # Largest N:M group ranked by pairwise comparison (O(N·m) work); larger groups use lax.top_k.
@@ -122,10 +128,28 @@ def score_keys(scores: jnp.ndarray) -> jnp.ndarray:
 
 
 def _suffix_digit(hist: jnp.ndarray, k: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Largest digit ``d`` with ``#{digit >= d} >= k``, and ``#{digit > d}``."""
-  above_eq = jnp.cumsum(hist[::-1])[::-1]  # above_eq[d] = #{digit >= d}
-  d = jnp.sum(above_eq[1:] >= k, dtype=jnp.int32)
-  return d, above_eq[d] - hist[d]
+  """Largest digit ``d`` with ``#{digit >= d} >= k`` (0 if none), and ``#{digit > d}``.
+
+  ``hist`` has ``256`` or ``256 * 256`` bins. The suffix sums are masked reductions over
+  256 x 256 triangles (first over rows of 256 bins, then inside the chosen row) instead of a
+  ``cumsum`` over all bins: the same result, and much cheaper to compile on CPU.
+  """
+  width = _TRI
+  rows = hist.shape[0] // width
+  h = hist.reshape(rows, width)
+  tri = jnp.arange(width)[:, None] <= jnp.arange(width)[None, :]  # tri[i, j] = i <= j
+  if rows == 1:
+    row, beyond = jnp.int32(0), jnp.int32(0)
+  else:
+    totals = jnp.sum(h, axis=1, dtype=jnp.int32)
+    above_rows = jnp.sum(jnp.where(tri[:rows, :rows], totals[None, :], 0), axis=1,
+                         dtype=jnp.int32)  # #{digit >= row * width}
+    row = jnp.sum(above_rows[1:] >= k, dtype=jnp.int32)
+    beyond = above_rows[row] - totals[row]  # #{digit >= (row + 1) * width}
+  vals = jax.lax.dynamic_index_in_dim(h, row, 0, keepdims=False)
+  above = jnp.sum(jnp.where(tri, vals[None, :], 0), axis=1, dtype=jnp.int32) + beyond
+  j = jnp.sum(above[1:] >= k, dtype=jnp.int32)
+  return row * width + j, above[j] - vals[j]
 
 
 def _histogram(digits: jnp.ndarray, length: int) -> jnp.ndarray:
@@ -133,13 +157,15 @@ def _histogram(digits: jnp.ndarray, length: int) -> jnp.ndarray:
 
 
 def _kth_key(
-    keys: Sequence[jnp.ndarray], k: jnp.ndarray
+    keys: Sequence[jnp.ndarray], k: jnp.ndarray, backend: str = "xla"
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Radix search for the k-th largest key summed over ``keys``.
 
   Returns ``(t, n_gt, n_eq)``: the largest ``t`` with ``#{key >= t} >= k`` (``0xFFFFFFFF`` for
   k = 0), and the numbers of keys above and equal to ``t``.
   """
+  if backend == "pallas":
+    return _kth_key_pallas(keys, k)
   size = 1 << _BITS
   low = jnp.uint32(size - 1)
   hist = sum(_histogram((key >> _BITS).astype(jnp.int32), size) for key in keys)
@@ -155,6 +181,34 @@ def _kth_key(
   lo, n_gt_lo = _suffix_digit(hist, k - n_gt_hi)
   t = (hi.astype(jnp.uint32) << _BITS) | lo.astype(jnp.uint32)
   return t, n_gt_hi + n_gt_lo, hist[lo]
+
+
+def _kth_key_pallas(
+    keys: Sequence[jnp.ndarray], k: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """``_kth_key`` with the histograms of ``kernels.key_histogram`` (Pallas, 4 passes of 8 bits).
+
+  The kernel takes float scores and keys them with ``kernels.float_to_key``; it is given
+  ``kernels.key_to_float(key)``, the float whose kernel key is exactly ``key`` (a bijection of
+  bit patterns), so both backends rank the same keys (NaN low, ``-0.0 == 0.0``).
+  """
+  floats = [kernels.key_to_float(key) for key in keys]
+  prefix = jnp.uint32(0)
+  prefix_mask = jnp.uint32(0)
+  remaining = k
+  n_gt = jnp.int32(0)
+  counts = None
+  digit = None
+  for p in range(32 // _PALLAS_BITS):
+    shift = 32 - _PALLAS_BITS * (p + 1)
+    counts = sum(kernels.key_histogram(x, shift, _PALLAS_BITS, prefix, prefix_mask,
+                                       backend="pallas") for x in floats)
+    digit, above = _suffix_digit(counts, remaining)
+    remaining = remaining - above
+    n_gt = n_gt + above
+    prefix = prefix | (digit.astype(jnp.uint32) << jnp.uint32(shift))
+    prefix_mask = prefix_mask | jnp.uint32(((1 << _PALLAS_BITS) - 1) << shift)
+  return prefix, n_gt, counts[digit]
 
 
 def _take_ties(key: jnp.ndarray, t: jnp.ndarray, r: jnp.ndarray) -> jnp.ndarray:
@@ -188,8 +242,13 @@ def _clamp_k(k: Any, n: int) -> jnp.ndarray:
   return jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _select(scores: jnp.ndarray, k: Any, bottom: bool) -> jnp.ndarray:
+def _backend(backend: str) -> str:
+  """``kernels.resolve_backend``: ``"xla"`` or ``"pallas"``; ValueError naming ``backend``."""
+  return kernels.resolve_backend(backend, name="backend")
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _select(scores: jnp.ndarray, k: Any, bottom: bool, backend: str = "xla") -> jnp.ndarray:
   key = score_keys(scores)
   if bottom:
     key = ~key
@@ -197,11 +256,11 @@ def _select(scores: jnp.ndarray, k: Any, bottom: bool) -> jnp.ndarray:
   if n == 0:
     return jnp.zeros(scores.shape, bool)
   k = _clamp_k(k, n)
-  t, n_gt, n_eq = _kth_key([key], k)
+  t, n_gt, n_eq = _kth_key([key], k, backend)
   return _cut(key, t, k - n_gt, n_eq).reshape(scores.shape)
 
 
-def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
+def select_top_k(scores: jnp.ndarray, k: Any, *, backend: str = "auto") -> jnp.ndarray:
   """Boolean mask of the ``k`` largest entries of ``scores``, ties by lower flat index.
 
   .. math::
@@ -215,9 +274,16 @@ def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
     scores: an array of any shape; bf16/f16/integer scores are upcast to float32.
     k: the number of entries to keep: a Python int or a traced int scalar (no recompilation
       for a new value).
+    backend: where the threshold's histogram passes run: ``"auto"`` (the Pallas kernel
+      ``kernels.key_histogram`` on GPU/TPU, jnp on CPU), ``"xla"`` (jnp: two 16-bit
+      scatter-add passes) or ``"pallas"`` (four 8-bit kernel passes; interpret mode on CPU,
+      slow). Every backend returns the identical mask.
 
   Returns:
     A bool array of ``scores.shape``.
+
+  Raises:
+    ValueError: naming ``backend`` when it is not one of the three.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -227,11 +293,12 @@ def select_top_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
     >>> osp.select_top_k(jnp.array([1.0, 1.0, 1.0]), 2).tolist()
     [True, True, False]
   """
+  backend = _backend(backend)
   scores = jnp.asarray(scores)
-  return _select(scores, k, False)
+  return _select(scores, k, False, backend)
 
 
-def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
+def select_bottom_k(scores: jnp.ndarray, k: Any, *, backend: str = "auto") -> jnp.ndarray:
   """Boolean mask of the ``k`` smallest entries of ``scores``, ties by lower flat index.
 
   NaN ranks lowest, so NaN entries are selected first. Otherwise as ``select_top_k``.
@@ -239,6 +306,7 @@ def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
   Args:
     scores: an array of any shape.
     k: the number of entries to select (Python or traced int).
+    backend: ``"auto"``, ``"xla"`` or ``"pallas"``, as in ``select_top_k``.
 
   Returns:
     A bool array of ``scores.shape`` with exactly ``clip(k, 0, n)`` True entries.
@@ -249,11 +317,12 @@ def select_bottom_k(scores: jnp.ndarray, k: Any) -> jnp.ndarray:
     >>> osp.select_bottom_k(jnp.array([0.5, 2.0, 1.0, 0.5]), 2).tolist()
     [True, False, False, True]
   """
+  backend = _backend(backend)
   scores = jnp.asarray(scores)
-  return _select(scores, k, True)
+  return _select(scores, k, True, backend)
 
 
-def select_top_k_global(scores_tree: Any, k: Any) -> Any:
+def select_top_k_global(scores_tree: Any, k: Any, *, backend: str = "auto") -> Any:
   """Masks with exactly ``k`` True entries in total over all leaves of ``scores_tree``.
 
   One threshold is searched over all leaves at once: each histogram pass sums per-leaf histograms (a
@@ -263,6 +332,8 @@ def select_top_k_global(scores_tree: Any, k: Any) -> Any:
   Args:
     scores_tree: a pytree of score arrays (``None`` leaves allowed).
     k: the total number of entries to keep (Python or traced int).
+    backend: ``"auto"``, ``"xla"`` or ``"pallas"``, as in ``select_top_k`` (the Pallas passes
+      sum per-leaf kernel histograms).
 
   Returns:
     A pytree of bool arrays with the structure of ``scores_tree``.
@@ -274,11 +345,12 @@ def select_top_k_global(scores_tree: Any, k: Any) -> Any:
     >>> m['a'].tolist(), m['b'].tolist()
     ([True, False], [True])
   """
-  return _select_top_k_global(scores_tree, jnp.asarray(k, jnp.int32))
+  backend = _backend(backend)
+  return _select_top_k_global(scores_tree, jnp.asarray(k, jnp.int32), backend)
 
 
-@jax.jit
-def _select_top_k_global(scores_tree: Any, k: jnp.ndarray) -> Any:
+@functools.partial(jax.jit, static_argnums=2)
+def _select_top_k_global(scores_tree: Any, k: jnp.ndarray, backend: str = "xla") -> Any:
   leaves, treedef = jax.tree.flatten(scores_tree, is_leaf=lambda x: x is None)
   present = [i for i, x in enumerate(leaves) if x is not None and jnp.size(x) > 0]
   out: list[Any] = [
@@ -289,7 +361,7 @@ def _select_top_k_global(scores_tree: Any, k: jnp.ndarray) -> Any:
   keys = [score_keys(leaves[i]) for i in present]
   n = sum(key.shape[0] for key in keys)
   k = _clamp_k(k, n)
-  t, n_gt, n_eq = _kth_key(keys, k)
+  t, n_gt, n_eq = _kth_key(keys, k, backend)
   r = k - n_gt
   if len(keys) == 1:
     ties = n_eq[None]
@@ -374,6 +446,7 @@ def block_mask(
     k_blocks: Any = None,
     *,
     density: Any = None,
+    backend: str = "auto",
 ) -> jnp.ndarray:
   """Block mask: keep the blocks with the largest mean ``|score|``.
 
@@ -389,6 +462,8 @@ def block_mask(
     block_shape: the block size along the trailing dimensions, each ``>= 1``.
     k_blocks: number of blocks kept (Python or traced int); exclusive with ``density``.
     density: kept fraction of blocks (Python or traced float).
+    backend: ``"auto"``, ``"xla"`` or ``"pallas"`` for the block threshold, as in
+      ``select_top_k``.
 
   Returns:
     A bool array of ``scores.shape``, constant over each block.
@@ -403,6 +478,7 @@ def block_mask(
     >>> osp.block_mask(s, (2, 2), 1).astype(int).tolist()
     [[0, 0, 1, 1], [0, 0, 1, 1]]
   """
+  backend = _backend(backend)
   scores = jnp.asarray(scores)
   block_shape = tuple(int(b) for b in block_shape)
   if not block_shape or any(b < 1 for b in block_shape) or len(block_shape) > scores.ndim:
@@ -418,11 +494,13 @@ def block_mask(
   full = (1,) * (scores.ndim - len(block_shape)) + block_shape
   n_blocks = math.prod(-(-s // b) for s, b in zip(scores.shape, full, strict=True))
   k = count_for_density(n_blocks, density) if density is not None else k_blocks
-  return _block_mask(scores, full, jnp.asarray(k, jnp.int32))
+  return _block_mask(scores, full, jnp.asarray(k, jnp.int32), backend)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _block_mask(scores: jnp.ndarray, full: tuple[int, ...], k: jnp.ndarray) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _block_mask(
+    scores: jnp.ndarray, full: tuple[int, ...], k: jnp.ndarray, backend: str = "xla"
+) -> jnp.ndarray:
   nb = tuple(-(-s // b) for s, b in zip(scores.shape, full, strict=True))
   pads = [(0, g * b - s) for s, b, g in zip(scores.shape, full, nb, strict=True)]
   a = jnp.pad(jnp.abs(scores.astype(jnp.float32)), pads)
@@ -432,7 +510,7 @@ def _block_mask(scores: jnp.ndarray, full: tuple[int, ...], k: jnp.ndarray) -> j
   block_sum = a.reshape(split).sum(axis=inner)
   block_cnt = valid.reshape(split).sum(axis=inner)
   block_score = block_sum / block_cnt
-  keep = _select(block_score, k, False)
+  keep = _select(block_score, k, False, backend)
   for ax, b in enumerate(full):
     keep = jnp.repeat(keep, b, axis=ax, total_repeat_length=keep.shape[ax] * b)
   return keep[tuple(slice(0, s) for s in scores.shape)]
