@@ -231,3 +231,75 @@ def test_bad_ham_and_order_arguments():
     osp.ham("sgd", learning_rate=0.1)
   with pytest.raises(ValueError, match="order.*'sideways'"):
     osp.hyperbolic_adamw(0.1, order="sideways")
+
+
+_ODD_SHAPES = {"a": (1, 1), "b": (7, 129), "c": (3, 3, 17, 33), "bias": (129,)}
+
+
+def _odd_tree(dtype):
+  rng = np.random.default_rng(1)
+  params = {k: jnp.asarray(rng.normal(size=s) * 0.5, dtype) for k, s in _ODD_SHAPES.items()}
+  grads = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in _ODD_SHAPES.items()}
+  masks = {k: (None if len(s) < 2 else jnp.asarray(rng.random(s) < 0.7))
+           for k, s in _ODD_SHAPES.items()}
+  return params, grads, masks
+
+
+def _run(tx, params, grads, masks, steps=3):
+  state = tx.init(params)
+  step = jax.jit(lambda g, s, p, m: tx.update(g, s, p, **({} if m is None else {"masks": m})))
+  for _ in range(steps):
+    updates, state = step(grads, state, params, masks)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+@pytest.mark.parametrize("dtype,with_masks", [
+    (jnp.float32, False), (jnp.float32, True), (jnp.bfloat16, True)],
+    ids=["f32-dense", "f32-masks", "bf16-masks"])
+def test_pallas_backend_matches_xla(dtype, with_masks):
+  params, grads, masks = _odd_tree(dtype)
+  masks = masks if with_masks else None
+  bases = {"sgd": lambda: optax.sgd(0.05, momentum=0.9),
+           "adamw": lambda: optax.adamw(0.05, weight_decay=0.1)}
+  for name, base in bases.items():
+    # A cap of 3 binds on the larger leaves, so the cap after the kernel is exercised too.
+    out = {backend: _run(osp.ham(base(), 0.05, alpha=20.0, beta=0.1, max_weight_norm=3.0,
+                                 backend=backend), params, grads, masks)
+           for backend in ("xla", "pallas")}
+    for k in _ODD_SHAPES:
+      x = np.asarray(out["xla"][0][k], np.float32)
+      y = np.asarray(out["pallas"][0][k], np.float32)
+      # float32: the kernel returns θ'' − θ and the step adds θ back (one rounding of θ's size);
+      # bfloat16: the kernel does not round θ½ to bfloat16 first.
+      tol = 1e-6 if dtype == jnp.float32 else 2e-2
+      np.testing.assert_allclose(y, x, rtol=tol, atol=tol * np.abs(x).max(), err_msg=name + k)
+      assert out["pallas"][0][k].dtype == dtype
+      if with_masks and masks[k] is not None:
+        assert np.all(x[~np.asarray(masks[k])] == 0) and np.all(y[~np.asarray(masks[k])] == 0)
+        if dtype == jnp.float32:  # bfloat16 rounding may land a kept entry on 0.
+          assert np.all(x[np.asarray(masks[k])] != 0)
+      assert np.linalg.norm(x) <= 3.0 * (1 + tol)
+    assert out["xla"][1].inner_states[1].count == out["pallas"][1].inner_states[1].count == 3
+
+
+def test_masks_and_backend_of_hyperbolic_step():
+  params, grads, masks = _odd_tree(jnp.float32)
+  tx = osp.hyperbolic_step(0.1, alpha=5.0, max_weight_norm=None)
+  new, _ = _run(tx, params, grads, masks, steps=1)
+  for k, m in masks.items():
+    expected = _ham_reference(params[k], grads[k], 0.1, 5.0, 1e-3, None)
+    if m is None:  # 1-D: not eligible, untouched.
+      np.testing.assert_array_equal(new[k], params[k])
+      continue
+    np.testing.assert_allclose(new[k], np.where(m, expected, 0.0), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda b: osp.hyperbolic_step(0.1, backend=b),
+    lambda b: osp.ham(optax.sgd(0.1), 0.1, backend=b),
+    lambda b: osp.hyperbolic_adamw(0.1, backend=b),
+], ids=["hyperbolic_step", "ham", "hyperbolic_adamw"])
+def test_bad_backend(factory):
+  with pytest.raises(ValueError, match="backend.*'cuda'"):
+    factory("cuda")

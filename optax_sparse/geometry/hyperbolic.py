@@ -36,6 +36,21 @@ Library decisions and open points (METHODS.md §2):
   every leaf, as in the official code; ``max_weight_norm=None`` switches it off.
 * Maths in float32, results cast back to the parameters' dtype. Entries that are exactly zero
   stay exactly zero (the step is multiplicative).
+* *One expression.* :func:`ham` is ``compose(base, hyperbolic_step(...))`` in value and state
+  (a ``ComposeState``), but it emits ``u = θ_{t+1} − θ_t`` directly from the base update instead
+  of materializing the iterate ``θ½`` and adding two updates (``θ½`` is still rounded to the
+  parameters' dtype as ``optax.apply_updates`` would); ``hyperbolic_adamw(order="adamw_first")``
+  is that ``ham``. The weight-norm cap needs the norm of the result before the update can be
+  written, so with a cap the result is materialized once per leaf and read again.
+* *Masks.* When the ``masks`` extra argument of :func:`optax_sparse.sparse` is present, the
+  projection ``θ_{t+1} ← where(M, θ_{t+1}, 0)`` of eligible leaves happens inside the step,
+  before the norm cap (library decision: the cap bounds the parameters as they land; the
+  official code has no masks). ``sparse`` projects again afterwards, which is then a no-op.
+* *Backend.* ``backend="pallas"`` computes the elementwise half step, factor and projection of
+  each eligible leaf with :func:`optax_sparse.kernels.hyperbolic_mask_update`; ``"auto"`` picks
+  it on GPU/TPU and the jnp expression on CPU. The guard and the cap are the same jnp code on
+  both backends. For bfloat16 parameters the kernel forms ``θ½`` in float32 without rounding it
+  to bfloat16 first, so the two backends can differ by a bfloat16 rounding there.
 """
 
 from __future__ import annotations
@@ -216,6 +231,10 @@ def hyperbolic_step(
     beta: ``β >= 0``, the lr-coupled multiplicative decay.
     max_weight_norm: per-tensor L2 cap applied to every leaf, or ``None`` for no cap.
     where: eligible leaves (default ``ndim >= 2``), a predicate or a static pytree of bools.
+    backend: ``"auto"`` (the fused Pallas kernel on GPU/TPU, jnp on CPU), ``"xla"`` or
+      ``"pallas"`` (interpret mode on CPU): how the elementwise step of each eligible leaf is
+      computed (:func:`optax_sparse.kernels.hyperbolic_mask_update`); the non-finite guard and
+      the norm cap stay in jnp.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is :class:`HyperbolicStepState`.
@@ -286,6 +305,10 @@ def ham(
     beta: ``β >= 0`` (paper default 1e-3; tune it like weight decay).
     max_weight_norm: per-tensor L2 cap on every leaf (official default 1000), ``None`` for none.
     where: leaves that take the hyperbolic step (default ``ndim >= 2``).
+    backend: ``"auto"`` (the fused Pallas kernel on GPU/TPU, jnp on CPU), ``"xla"`` or
+      ``"pallas"`` (interpret mode on CPU): how the elementwise step of each eligible leaf is
+      computed (:func:`optax_sparse.kernels.hyperbolic_mask_update`); the non-finite guard and
+      the norm cap stay in jnp.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state ``ComposeState``.
@@ -347,6 +370,7 @@ def hyperbolic_adamw(
     potential: Potential | None = None,
     max_weight_norm: float | None = 1000.0,
     where: _eligibility.Where = None,
+    backend: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Hyperbolic AdamW (proxy): AdamW composed with a hyperbolic mirror step.
 
@@ -379,6 +403,7 @@ def hyperbolic_adamw(
     potential: a potential for a mirror-descent step instead of HAM's step (α, β unused then).
     max_weight_norm: per-tensor cap of the hyperbolic step (``None`` for none).
     where: leaves that take the mirror step (default ``ndim >= 2``).
+    backend: how the hyperbolic step is computed (see :func:`hyperbolic_step`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state ``ComposeState``.
@@ -400,11 +425,17 @@ def hyperbolic_adamw(
   """
   if order not in _ORDERS:
     raise ValueError(f"order must be one of {_ORDERS}; got {order!r}.")
+  _check_backend(backend)
   _hyperparams.check_scalar("weight_decay", weight_decay, low=0.0)
   adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
   if potential is None:
+    if order == "adamw_first":
+      # The same composition as compose(adamw, hyperbolic_step(...)), in one expression.
+      return ham(adamw, learning_rate, alpha, beta, max_weight_norm=max_weight_norm,
+                 where=where, backend=backend)
     mirror = hyperbolic_step(
-        learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where)
+        learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where,
+        backend=backend)
   else:
     mirror = mirror_descent(learning_rate, potential, where=where, other_leaves="keep")
   steps = (adamw, mirror) if order == "adamw_first" else (mirror, adamw)
