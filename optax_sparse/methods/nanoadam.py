@@ -33,6 +33,14 @@ Library decisions and open points (METHODS.md §9, §13 #11):
   step: zero update and unchanged moments.
 * The density schedule is evaluated at every step (the paper's ``tau_d`` is expressed by the
   schedule itself, e.g. a piecewise-constant one).
+* **Backend** (``backend="auto" | "xla" | "pallas"``, resolved at construction by
+  ``kernels.resolve_backend``): with Pallas the compressed-state step is
+  ``kernels.compressed_adam_update`` (gather, Adam maths on the ``k_max`` slots, scatter; the
+  sentinels ``n + slot`` are its unused slots) and large leaves select with the Pallas radix
+  histogram; the non-finite guard stays outside the kernel. The jnp step performs the kernel's
+  float32 operations in the same order, but the compiler may contract them differently
+  (fused multiply-add), so the two backends agree to a few ulps, not bitwise; selections agree
+  exactly.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import jax.numpy as jnp
 import optax
 from optax._src import base
 
-from optax_sparse import _eligibility
+from optax_sparse import _eligibility, kernels
 from optax_sparse._hyperparams import check_scalar, evaluate
 from optax_sparse.masks import select
 
@@ -101,7 +109,7 @@ def _k_of(density: jax.Array, n: int, k_max: int) -> jax.Array:
 
 
 def _refresh(
-    leaf_abs: jax.Array, mom: NanoAdamSubsetMoments, k: jax.Array
+    leaf_abs: jax.Array, mom: NanoAdamSubsetMoments, k: jax.Array, backend: str = "xla"
 ) -> NanoAdamSubsetMoments:
   """Selects the ``k`` smallest magnitudes; keeps the moments of entries that stay selected."""
   n = leaf_abs.size
@@ -115,7 +123,7 @@ def _refresh(
   else:
     # Large leaves: the sort-free radix threshold with the traced k (same ties), then the
     # selected flat indices in ascending order; a large top_k is several times slower on CPU.
-    chosen = select.select_bottom_k(leaf_abs, k)
+    chosen = select.select_bottom_k(leaf_abs, k, backend=backend)
     new_idx = jnp.nonzero(chosen, size=k_max, fill_value=n)[0].astype(jnp.int32)
   # Unused slots get distinct out-of-range indices n + slot: the index vector stays strictly
   # ascending and unique, which lets the gather and scatter of every step use the fast paths.
@@ -140,6 +148,7 @@ def nanoadam(
     dense: _eligibility.Where = None,
     bias_correction: bool = False,
     max_density: float | None = None,
+    backend: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam on the ``k`` smallest-magnitude entries of each matrix, moments kept for them only.
 
@@ -173,6 +182,11 @@ def nanoadam(
       1).
     max_density: the largest density the schedule will reach, which sizes the compressed state
       (``k_max = clip(round(max_density n), 1, n)``). Defaults to ``density`` at step 0.
+    backend: where the compressed-state step runs: ``"auto"`` (the Pallas kernel
+      ``kernels.compressed_adam_update`` on GPU/TPU, jnp on CPU), ``"xla"`` (jnp) or
+      ``"pallas"`` (interpret mode on CPU, slow). It also picks the backend of the radix
+      selection of large leaves. Both backends compute the same float32 operations (equal
+      up to a few ulps).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is a :class:`NanoAdamState`.
@@ -203,6 +217,8 @@ def nanoadam(
   check_scalar("b2", b2, low=0.0, high=1.0, high_open=True)
   check_scalar("eps", eps, low=0.0)
   _eligibility.check_where("dense", dense)
+  backend = kernels.resolve_backend(backend, name="backend")
+  b1_32, b2_32 = jnp.float32(b1), jnp.float32(b2)
 
   def init_fn(params):
     flags = _eligibility.eligible_tree(_default_dense if dense is None else dense, params, "dense")
@@ -258,28 +274,42 @@ def nanoadam(
       return jnp.where(ok, u, 0.0), NanoAdamDenseMoments(
           jnp.where(ok, mu, mom.mu), jnp.where(ok, nu, mom.nu))
 
+    if bias_correction:
+      c1, c2 = 1.0 - b1_32**t1, 1.0 - b2_32**t1
+    else:
+      c1, c2 = jnp.float32(1.0), jnp.float32(1.0)
+
     def subset_step(g, p, mom):
       n = p.size
       k = _k_of(rho, n, mom.indices.shape[0])
       mom = jax.lax.cond(
           due | (k != mom.valid),
-          lambda m: _refresh(jnp.abs(p.reshape(-1).astype(jnp.float32)), m, k),
+          lambda m: _refresh(jnp.abs(p.reshape(-1).astype(jnp.float32)), m, k, backend),
           lambda m: m,
           mom,
       )
       used = mom.indices < n
-      g_sel = jnp.take(g.reshape(-1), jnp.where(used, mom.indices, 0), mode="clip")
-      g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
-      mu = b1 * mom.mu + (1.0 - b1) * g_sel
-      nu = b2 * mom.nu + (1.0 - b2) * g_sel * g_sel
-      if bias_correction:
-        step = -lr * (mu / (1.0 - b1**t1)) / (jnp.sqrt(nu / (1.0 - b2**t1)) + eps)
+      if backend == "pallas":
+        # The kernel gathers, runs the Adam maths on the k slots and scatters; the sentinels
+        # n + slot are out of range, hence unused slots. The non-finite guard stays here.
+        u, mu, nu = kernels.compressed_adam_update(
+            g, mom.indices, mom.mu, mom.nu, learning_rate=lr, b1=b1_32, b2=b2_32, eps=eps,
+            bias_correction1=c1, bias_correction2=c2, dtype=jnp.float32, backend="pallas")
+        u = u.reshape(-1)
+        step = jnp.where(used, jnp.take(u, jnp.where(used, mom.indices, 0), mode="clip"), 0.0)
+        ok = jnp.all(jnp.isfinite(step))
+        u = jnp.where(ok, u, 0.0)
       else:
-        step = -lr * mu / (jnp.sqrt(nu) + eps)
-      ok = jnp.all(jnp.isfinite(step))
-      step = jnp.where(ok, step, 0.0)
-      u = jnp.zeros((n,), jnp.float32).at[mom.indices].set(
-          step, mode="drop", indices_are_sorted=True, unique_indices=True)
+        # The kernel's float32 operations in the same order (bit-identical results).
+        g_sel = jnp.take(g.reshape(-1), jnp.where(used, mom.indices, 0), mode="clip")
+        g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
+        mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
+        nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
+        step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
+        ok = jnp.all(jnp.isfinite(step))
+        step = jnp.where(ok, step, 0.0)
+        u = jnp.zeros((n,), jnp.float32).at[mom.indices].set(
+            step, mode="drop", indices_are_sorted=True, unique_indices=True)
       new = mom._replace(mu=jnp.where(ok, mu, mom.mu), nu=jnp.where(ok, nu, mom.nu))
       return u.reshape(p.shape), new
 
