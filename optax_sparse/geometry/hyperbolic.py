@@ -205,6 +205,8 @@ def _hyperbolic_update(
   skipped = sum((t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)), zero)
   return new_updates, HyperbolicStepState(
       optax.safe_increment(state.count), state.skipped_leaves + skipped)
+
+
 def hyperbolic_step(
     learning_rate: optax.ScalarOrSchedule,
     alpha: float = 200.0,
@@ -294,9 +296,12 @@ def ham(
     \theta_{t+1} = \theta_{t+1/2} \odot \exp(\mathrm{clip}(-\eta_t(\alpha\,
     \mathrm{sign}(\theta_{t+1/2}) \odot g_t + \beta), -5, 5))
 
-  Equal to ``osp.compose(base, osp.hyperbolic_step(learning_rate, alpha, beta, ...))``. Pass the
-  base optimizer's own learning rate or schedule as ``learning_rate`` (open point: optax cannot
-  read it from the base); both counts start at 0 and advance together.
+  Equal in value and state to ``osp.compose(base, osp.hyperbolic_step(learning_rate, alpha,
+  beta, ...))``, written as one expression per leaf (no materialized iterate). The ``masks``
+  extra argument of :func:`optax_sparse.sparse`, when present, is forwarded to the base and
+  projects the eligible leaves before the norm cap. Pass the base optimizer's own learning rate
+  or schedule as ``learning_rate`` (open point: optax cannot read it from the base); both counts
+  start at 0 and advance together.
 
   Args:
     base: any optax optimizer (it must include its learning rate, as ``optax.sgd`` does).
