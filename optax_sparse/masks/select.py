@@ -22,6 +22,14 @@ entries (``k`` clamped to ``[0, n]``) and equals the first ``k`` entries of a st
 argsort. Cost: two scatter-add passes, one comparison pass, plus one reduction pass when ties
 straddle the threshold; the only size-N temporaries are uint32 keys and int32 digits.
 
+Backends (``backend="auto" | "xla" | "pallas"`` on every function that searches a threshold,
+validated by ``kernels.resolve_backend``): ``"xla"`` is the jnp path above; ``"pallas"`` runs
+the histogram passes through the kernel ``kernels.key_histogram`` (four passes of 8 bits; in
+interpret mode on CPU, a slow correctness path), fed with ``kernels.key_to_float(key)`` so that
+the kernel ranks exactly the keys above; ``"auto"`` is Pallas on GPU/TPU and jnp on CPU. The
+threshold, counts and tie-break do not depend on the digit width, so every backend returns the
+identical mask.
+
 Library decisions (METHODS.md §11, §13 row 18):
 
 * ``k = max(1, round(n * density))`` clipped to ``[0, n]`` (``count_for_density``); rounding is
@@ -68,8 +76,6 @@ __all__ = [
 _BITS = 16
 # Bits per pass of the Pallas histogram kernel (four passes of 256 bins).
 _PALLAS_BITS = 8
-# Width of the triangles of the suffix-sum search.
-_TRI = 256
 # Row length of the tie-fix view.
 _ROW = 1024
 # Largest N:M group ranked by pairwise comparison (O(N·m) work); larger groups use lax.top_k.
@@ -128,28 +134,10 @@ def score_keys(scores: jnp.ndarray) -> jnp.ndarray:
 
 
 def _suffix_digit(hist: jnp.ndarray, k: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Largest digit ``d`` with ``#{digit >= d} >= k`` (0 if none), and ``#{digit > d}``.
-
-  ``hist`` has ``256`` or ``256 * 256`` bins. The suffix sums are masked reductions over
-  256 x 256 triangles (first over rows of 256 bins, then inside the chosen row) instead of a
-  ``cumsum`` over all bins: the same result, and much cheaper to compile on CPU.
-  """
-  width = _TRI
-  rows = hist.shape[0] // width
-  h = hist.reshape(rows, width)
-  tri = jnp.arange(width)[:, None] <= jnp.arange(width)[None, :]  # tri[i, j] = i <= j
-  if rows == 1:
-    row, beyond = jnp.int32(0), jnp.int32(0)
-  else:
-    totals = jnp.sum(h, axis=1, dtype=jnp.int32)
-    above_rows = jnp.sum(jnp.where(tri[:rows, :rows], totals[None, :], 0), axis=1,
-                         dtype=jnp.int32)  # #{digit >= row * width}
-    row = jnp.sum(above_rows[1:] >= k, dtype=jnp.int32)
-    beyond = above_rows[row] - totals[row]  # #{digit >= (row + 1) * width}
-  vals = jax.lax.dynamic_index_in_dim(h, row, 0, keepdims=False)
-  above = jnp.sum(jnp.where(tri, vals[None, :], 0), axis=1, dtype=jnp.int32) + beyond
-  j = jnp.sum(above[1:] >= k, dtype=jnp.int32)
-  return row * width + j, above[j] - vals[j]
+  """Largest digit ``d`` with ``#{digit >= d} >= k``, and ``#{digit > d}``."""
+  above_eq = jnp.cumsum(hist[::-1])[::-1]  # above_eq[d] = #{digit >= d}
+  d = jnp.sum(above_eq[1:] >= k, dtype=jnp.int32)
+  return d, above_eq[d] - hist[d]
 
 
 def _histogram(digits: jnp.ndarray, length: int) -> jnp.ndarray:
