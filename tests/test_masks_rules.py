@@ -205,6 +205,18 @@ def test_rigl_drop_grow_sets_match_numpy_reference():
   expected[[2, 0, 1, 2], [3, 2, 0, 1]] = True  # grown
   np.testing.assert_array_equal(new["w"], expected)
   assert int(new["w"].sum()) == int(mask.sum())
+  # Leaves of the same size (another shape) share one compiled selection (`lax.map` over the
+  # stacked leaves): each still matches its own reference.
+  shapes = {"v": (2, 8), "u": (8, 2)}
+  tree = lambda a, f: {"w": jnp.asarray(a), **{n: jnp.asarray(f(a)).reshape(s)  # noqa: E731
+                                                for n, s in shapes.items()}}
+  flip = lambda a: np.ascontiguousarray(a.T)  # noqa: E731
+  new = _update(rule, tree(mask, flip), tree(theta, flip), tree(grads, flip), 10, 0.5)
+  np.testing.assert_array_equal(new["w"], expected)
+  for name, shape in shapes.items():
+    kept, grown = _np_rigl(flip(theta).reshape(shape), flip(mask).reshape(shape),
+                           flip(grads).reshape(shape), 0.5)
+    np.testing.assert_array_equal(new[name], kept | grown)
 
 
 def test_rigl_tie_break_noise_is_small_and_keyed():
