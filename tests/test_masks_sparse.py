@@ -391,6 +391,8 @@ def test_construction_errors():
     osp.sparse(optax.sgd(0.1), "rigl", 0.5)
   with pytest.raises(ValueError, match="where"):
     osp.sparse(optax.sgd(0.1), osp.rigl(), 0.5, where={"w": 1})
+  with pytest.raises(ValueError, match="backend"):
+    osp.sparse(optax.sgd(0.1), osp.rigl(), 0.5, backend="gpu")
 
 
 def test_trees_not_matching_the_params_raise_at_init():
