@@ -205,8 +205,7 @@ def test_rigl_drop_grow_sets_match_numpy_reference():
   expected[[2, 0, 1, 2], [3, 2, 0, 1]] = True  # grown
   np.testing.assert_array_equal(new["w"], expected)
   assert int(new["w"].sum()) == int(mask.sum())
-  # Leaves of the same size (another shape) share one compiled selection (`lax.map` over the
-  # stacked leaves): each still matches its own reference.
+  # Several leaves of one size but different shapes: each leaf matches its own reference.
   shapes = {"v": (2, 8), "u": (8, 2)}
   tree = lambda a, f: {"w": jnp.asarray(a), **{n: jnp.asarray(f(a)).reshape(s)  # noqa: E731
                                                 for n, s in shapes.items()}}

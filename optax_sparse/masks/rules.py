@@ -512,39 +512,6 @@ def _drop_grow_leaf(
   return kept | grown
 
 
-def _same_size_map(
-    f: Callable[..., Any], masks: Any, params: Any, grads: Any, keys: Any
-) -> Any:
-  """``_leafwise(f, masks, params, grads, keys)`` with one compiled body per leaf size.
-
-  ``f(mask, param, grad, key)`` must give, for a leaf of shape s, its result on the flattened
-  leaf reshaped to s (true of the drop/grow step: its random draws are generated flat and
-  reshaped by ``jax.random``, its selections rank by flat index). Eligible leaves with the same
-  number of entries and dtypes are flattened, stacked and run through one ``lax.map``, so a model
-  whose layers repeat compiles each selection once instead of once per leaf; the values are
-  those of the per-leaf calls.
-  """
-  m_leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
-  p_leaves, g_leaves, k_leaves = (treedef.flatten_up_to(t) for t in (params, grads, keys))
-  groups: dict[tuple, list[int]] = {}
-  for i, m in enumerate(m_leaves):
-    if m is not None:
-      groups.setdefault((m.size, p_leaves[i].dtype, g_leaves[i].dtype), []).append(i)
-  out: list[Any] = [None] * len(m_leaves)
-  for idx in groups.values():
-    if len(idx) == 1:
-      i = idx[0]
-      out[i] = f(m_leaves[i], p_leaves[i], g_leaves[i], k_leaves[i])
-      continue
-    stacked = tuple(jnp.stack([x[i].reshape(-1) for i in idx])
-                    for x in (m_leaves, p_leaves, g_leaves)) + (
-                        jnp.stack([k_leaves[i] for i in idx]),)
-    res = jax.lax.map(lambda xs: f(*xs), stacked)
-    for j, i in enumerate(idx):
-      out[i] = res[j].reshape(m_leaves[i].shape)
-  return jax.tree.unflatten(treedef, out)
-
-
 def _dynamic_rule(
     name: str, drop_fraction: Any, every: int, end_step: int | None, grow: str, noise_std: float
 ) -> MaskRule:
@@ -557,27 +524,22 @@ def _dynamic_rule(
   def init_masks(params, target, key):
     return _random_masks(params, target, key)
 
-  def leaf(m, p, g, k, fraction):
-    k_noise, k_grow = jax.random.split(k)
-    # The random draws are materialized once (optimization barrier): left to XLA, the
-    # threefry hash fuses into each of the selection's three passes over the scores, computed
-    # three times and compiled three times.
-    noise = None
-    if noise_std > 0.0:
-      noise = jax.lax.optimization_barrier(
-          noise_std * jax.random.normal(k_noise, m.shape, jnp.float32))
-    if grow == "random":
-      scores = jax.lax.optimization_barrier(jax.random.uniform(k_grow, m.shape, jnp.float32))
-    else:
-      scores = jnp.abs(jnp.asarray(g, jnp.float32))
-    return _drop_grow_leaf(m, p, scores, fraction, noise)
-
   def update_masks(masks, params, grads, count, key, target, rule_state):
     fraction = fraction_at(count)
     leaf_keys = _leaf_keys(key, masks)
-    return _same_size_map(
-        lambda m, p, g, k: leaf(m, p, g, k, fraction), masks, params, grads, leaf_keys
-    ), rule_state
+
+    def leaf(m, p, g, k):
+      k_noise, k_grow = jax.random.split(k)
+      noise = None
+      if noise_std > 0.0:
+        noise = noise_std * jax.random.normal(k_noise, m.shape, jnp.float32)
+      if grow == "random":
+        scores = jax.random.uniform(k_grow, m.shape, jnp.float32)
+      else:
+        scores = jnp.abs(jnp.asarray(g, jnp.float32))
+      return _drop_grow_leaf(m, p, scores, fraction, noise)
+
+    return _leafwise(leaf, masks, params, grads, leaf_keys), rule_state
 
   return MaskRule(name, init_masks, _periodic(every, end_step), update_masks)
 
