@@ -13,11 +13,11 @@ that takes ``where`` accepts:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import jax
 
-Where = Union[None, Callable[[Any, Any], bool], Any]
+Where = Callable[[Any, Any], bool] | Any | None
 
 
 def default_rule(path: Any, leaf: Any) -> bool:

@@ -84,7 +84,7 @@ def compose(*steps: optax.GradientTransformation) -> optax.GradientTransformatio
     total = None
     iterate = params
     new_states = []
-    for step, inner in zip(steps, state.inner_states):
+    for step, inner in zip(steps, state.inner_states, strict=True):
       u, s = step.update(grads, inner, iterate, **extra_args)
       new_states.append(s)
       total = u if total is None else _add(total, u)

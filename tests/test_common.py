@@ -113,7 +113,7 @@ def test_keeps_dtype(case, dtype):
   params, grads = _small_problem(jnp.dtype(dtype))
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(grads, state, params, **case.extra_args)
-  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
     assert u.dtype == p.dtype, f"{case.name}: update {u.dtype} for params {p.dtype}"
     assert bool(jnp.all(jnp.isfinite(u.astype(jnp.float32))))
 
