@@ -131,23 +131,45 @@ def test_projection_reset_and_schedule_for_any_inner(name):
   assert not logs, "a mask-update step and a plain step must share one compilation"
 
 
-def test_skip_update_on_mask_step():
-  inner = optax.adam(0.1)
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "lion"])
+def test_skip_update_on_mask_step(name):
+  inner = INNERS[name]()
   tx = osp.sparse(inner, _roll_rule(every=2), None, skip_update_on_mask_step=True)
   params, grads = _problem()
   state = tx.init(params)
-  old = np.asarray(state.masks["w"])
   step = jax.jit(tx.update)
-  updates, state = step(grads[0], state, params)  # a mask-update step
-  np.testing.assert_array_equal(updates["b"], 0.0)
-  m = np.asarray(state.masks["w"])
-  new = np.asarray(optax.apply_updates(params, updates)["w"])
-  np.testing.assert_array_equal(new[m & old], np.asarray(params["w"])[m & old])
-  np.testing.assert_array_equal(new[~m], 0.0)
-  assert int(state.inner_state[0].count) == 0  # the inner optimizer did not step
-  updates, state = step(grads[1], state, optax.apply_updates(params, updates))  # a plain step
-  assert int(state.inner_state[0].count) == 1
-  assert bool(jnp.any(updates["b"] != 0.0))
+  for t in range(4):  # mask-update steps at t = 0 and t = 2
+    old_masks, old_inner = np.asarray(state.masks["w"]), state.inner_state
+    updates, state = step(grads[t], state, params)
+    new = optax.apply_updates(params, updates)
+    m = np.asarray(state.masks["w"])
+    w = np.asarray(new["w"])
+    assert np.all(w[~m] == 0.0)
+    changed = m != old_masks
+    if t % 2:  # a plain step: the inner optimizer moves every kept entry
+      assert not np.any(changed)
+      assert bool(jnp.any(updates["b"] != 0.0))
+      continue
+    assert np.any(changed)
+    # The official step: no optimizer step (kept weights unchanged, dropped and grown at 0) ...
+    np.testing.assert_array_equal(updates["b"], 0.0)
+    np.testing.assert_array_equal(w[m & old_masks], np.asarray(params["w"])[m & old_masks])
+    np.testing.assert_array_equal(w[m & ~old_masks], 0.0)
+    # ... and the old inner state, zeroed where the mask changed.
+    for old_leaf, new_leaf in zip(_param_leaves(inner, old_inner),
+                                  _param_leaves(inner, state.inner_state), strict=True):
+      old_leaf, new_leaf = np.asarray(old_leaf), np.asarray(new_leaf)
+      if old_leaf.shape != m.shape:
+        np.testing.assert_array_equal(new_leaf, old_leaf)
+        continue
+      np.testing.assert_array_equal(new_leaf[changed], 0.0)
+      np.testing.assert_array_equal(new_leaf[~changed], old_leaf[~changed])
+      if t == 2:
+        assert np.any(old_leaf[changed] != 0.0), "the reset check must be able to fail"
+    for leaf in jax.tree.leaves(state.inner_state):
+      if jnp.shape(leaf) == () and jnp.issubdtype(leaf.dtype, jnp.integer):
+        assert int(leaf) == t // 2  # the inner count did not advance on mask steps
+    params = new
 
 
 def test_projection_is_exact_in_bf16_and_f32():
@@ -200,7 +222,7 @@ def _np_top_k(scores, k, allowed):
 def test_rigl_in_sparse_grows_from_raw_dense_gradient_and_keeps_regrown_values():
   theta0, mask0, g = _handmade()
   g = g.copy()
-  g[2, 3] = -3.9  # θ1 = -0.01: dropped by magnitude, regrown by its large gradient
+  g[0, 1] = -9.0  # θ_t = -0.1 is dropped (θ_{t+1} = 0.8 would be kept), then regrown by |g|
   lr = 0.1
   inner = optax.sgd(lr, momentum=0.9)
   tx = osp.sparse(inner, osp.rigl(0.5, every=2, noise_std=0.0), 0.5, sparse_gradients=True,
@@ -210,22 +232,28 @@ def test_rigl_in_sparse_grows_from_raw_dense_gradient_and_keeps_regrown_values()
   step = jax.jit(tx.update)
   updates, state = step({"w": jnp.asarray(g)}, state, params)
   new = np.asarray(optax.apply_updates(params, updates)["w"])
-  # NumPy reference: inner step on the masked gradient, drop by |θ1| among active, grow by the
-  # raw dense |g| among inactive-after-drop.
-  theta1 = np.where(mask0, theta0 - lr * np.where(mask0, g, 0.0), 0.0)
-  kept = _np_top_k(np.abs(theta1), 4, mask0)
+  # NumPy reference (official RigL order): drop by |θ_t| among active, grow by the raw dense
+  # |g_t| among inactive-after-drop; then the inner step on the gradient masked by M ∧ M'.
+  kept = _np_top_k(np.abs(theta0), 4, mask0)
   grown = _np_top_k(np.abs(g), 4, ~kept)
   mask1 = kept | grown
   np.testing.assert_array_equal(state.masks["w"], mask1)
+  theta1 = theta0 - lr * np.where(mask0, g, 0.0)
+  stale = _np_top_k(np.abs(np.where(mask0, theta1, 0.0)), 4, mask0)
+  stale = stale | _np_top_k(np.abs(g), 4, ~stale)
+  assert np.any(stale != mask1), "the example must tell θ_t from θ_{t+1}"
   # Grown from the raw gradient: entries where only the dense gradient is large.
   assert mask1[0, 2] and mask1[1, 0] and not mask0[0, 2] and not mask0[1, 0]
   regrown = mask0 & ~kept & grown
-  assert regrown[2, 3], "the hand-made example must drop and regrow (2, 3)"
-  np.testing.assert_array_equal(new[mask1 & mask0], theta1[mask1 & mask0])  # values kept
-  assert new[2, 3] != 0.0
-  np.testing.assert_array_equal(new[~(mask1 & mask0)], 0.0)  # grown at 0, dropped at 0
+  assert regrown[0, 1], "the hand-made example must drop and regrow (0, 1)"
+  both = mask1 & mask0
+  step_ref = np.where(both, theta0 - lr * np.where(both, g, 0.0), 0.0)
+  np.testing.assert_array_equal(new[both], step_ref[both].astype(np.float32))  # values kept
+  assert new[0, 1] != 0.0
+  np.testing.assert_array_equal(new[~both], 0.0)  # grown at 0, dropped at 0
   trace = np.asarray(state.inner_state[0].trace["w"])
   np.testing.assert_array_equal(trace[mask1 != mask0], 0.0)
+  np.testing.assert_array_equal(trace[both], np.where(both, g, 0.0)[both])
   # sparse_gradients: the inner optimizer never saw the gradient of inactive entries.
   np.testing.assert_array_equal(trace[~mask0 & ~mask1], 0.0)
   # A plain step, then a mask step with non-finite gradients on inactive entries: masks keep an

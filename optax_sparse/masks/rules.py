@@ -8,8 +8,8 @@ A rule is a :class:`MaskRule`, a frozen tuple of pure functions that ``sparse()`
   (traced; ``sparse()`` runs ``update_masks`` under ``lax.cond``, so a mask-update step and a plain
   step share one compilation).
 * ``update_masks(masks, params, grads, count, key, target, rule_state) -> (masks, rule_state)``:
-  the new masks from the parameters *after* this step's update (``params`` is θ_{t+1}) and the
-  raw dense gradient g_t of this step.
+  the new masks from the parameters *before* this step's update (``params`` is θ_t) and the
+  raw dense gradient g_t of this step (the official RigL order).
 
 ``masks`` is a pytree like the parameters: a bool array for each eligible leaf, ``None`` for each
 dense leaf. ``target`` (:class:`Target`) carries the target sparsity evaluated at the count and a
@@ -48,8 +48,9 @@ Rules and their papers (METHODS.md §12):
 
 Library decisions common to all rules:
 
-* Step counting: the update with count t (0 for the first ``update``) may change the masks; the
-  new masks decide the parameters θ_{t+1} this same update lands on and govern every later step.
+* Step counting: the update with count t (0 for the first ``update``) may change the masks from
+  θ_t and g_t; the new masks decide the parameters θ_{t+1} this same update lands on and govern
+  every later step.
 * Grown entries start at exactly 0 and ``sparse()`` zeroes the inner optimizer's per-parameter
   state there; an entry dropped and regrown in the same update keeps its value (RigL
   ``reinit_when_same=False``).
@@ -58,7 +59,8 @@ Library decisions common to all rules:
   NaN/Inf gradient can never change the number of active entries.
 * The official RigL/SET code and jaxpruner skip the optimizer step on mask-update iterations;
   ``sparse()`` applies both the optimizer step and the mask change in the same update by default
-  and follows the official code with ``skip_update_on_mask_step=True``.
+  (entries whose mask changes see a zero gradient on that step) and follows the official code
+  with ``skip_update_on_mask_step=True``.
 * The first mask update of SET/RigL happens at t = 0 when ``0 % every == 0`` (the official
   ``is_update_iter``: ``step % update_freq == 0 and step <= last_update_step``).
 """
@@ -249,7 +251,7 @@ def one_shot_magnitude(at_step: int = 0) -> MaskRule:
 
   With ``at_step = 0`` the masks come from the initial parameters at ``init`` (dense training
   never happens); with ``at_step = t₀ > 0`` training is dense until the update with count t₀,
-  which prunes the parameters θ_{t₀+1} it lands on.
+  which prunes by the parameters θ_{t₀} it receives and lands on the pruned masks.
 
   Args:
     at_step: the update count at which to prune (an int >= 0).
@@ -607,7 +609,7 @@ def rigl(
     M' = M_{kept} \\cup \\operatorname{top}_{k}(|g| \\text{ on } ¬M_{kept})
 
   Every ``every`` steps while t ≤ T_end. g is the *raw dense* gradient passed to ``update``
-  (not masked, even with ``sparse_gradients=True``); θ the parameters after this step.
+  (not masked, even with ``sparse_gradients=True``); θ the parameters θ_t this step starts from.
   ε ~ N(0, ``noise_std``²) from the state's key folded with the count (official code). Entries
   kept after the drop are lifted out of the grow ranking; a connection dropped and regrown in
   the same update keeps its value; grown weights start at 0 with zeroed optimizer state. The

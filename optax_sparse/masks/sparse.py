@@ -3,31 +3,43 @@
 One ``update`` of ``sparse(inner, rule, sparsity)`` with count t, raw gradient g, parameters θ
 and masks M (bool per eligible leaf; ``None`` for dense leaves):
 
-1. ĝ = M⊙g if ``sparse_gradients`` else g;
-2. (u, s) = inner.update(ĝ, s, θ, masks=M, **extra_args) — the current masks are forwarded to
-   the inner transformation as the extra argument ``masks``;
-3. projection (emit-to-land, the ``optax.keep_params_nonnegative`` idiom, METHODS.md §11):
-   u' = M⊙(θ + u) − θ, computed as ``where(M, u, −θ)`` so that θ + u' is exactly 0 where M is
-   False and exactly θ + u elsewhere;
-4. if ``rule.is_update_step(t)`` (a traced bool, under ``lax.cond``: a mask-update step and a
-   plain step share one compilation): M' = rule.update_masks(M, θ + u', g, t, key_t, target);
-   the update becomes ``where(M ∧ M', u', −θ)``, so that newly grown entries land at exactly 0,
-   dropped entries at exactly 0, and entries kept (including those dropped and regrown in the
-   same update, RigL ``reinit_when_same=False``) where step 3 put them; every per-parameter leaf
-   of the inner state (anything shaped like the parameters: moments, traces, …, found
-   structurally with ``optax.tree.map_params``, never a list of known optimizer types) is zeroed
-   at the entries whose mask changed.
+1. M' = rule.update_masks(M, θ, g, t, key_t, target) if ``rule.is_update_step(t)`` else M (a
+   traced bool, under ``lax.cond``: a mask-update step and a plain step share one compilation;
+   only the masks and the rule's small state leave the conditional). The rule sees the current
+   parameters θ = θ_t and the raw dense gradient g = g_t of this step (the official RigL order:
+   drop by |θ_t|, grow by |g_t| at the current sparse point);
+2. every per-parameter leaf of the inner state (anything shaped like the parameters: moments,
+   traces, …, found structurally with ``optax.tree.map_params``, never a list of known optimizer
+   types) is zeroed at the entries whose mask changes (M ≠ M'), *before* the inner update;
+3. ĝ = (M ∧ M')⊙g if ``sparse_gradients`` else g zeroed where the mask changes (M ≠ M');
+4. (u, s) = inner.update(ĝ, s, θ, masks=M', **extra_args) — the masks that govern this step are
+   forwarded to the inner transformation as the extra argument ``masks``;
+5. projection (emit-to-land, the ``optax.keep_params_nonnegative`` idiom, METHODS.md §11):
+   u' = (M ∧ M')⊙(θ + u) − θ, computed as ``where(M ∧ M', u, −θ)`` so that θ + u' is exactly 0
+   where an entry is pruned or newly grown and exactly θ + u elsewhere (entries dropped and
+   regrown in the same update are kept: RigL ``reinit_when_same=False``).
+
+With ``skip_update_on_mask_step=True`` (the official RigL/SET code, jaxpruner's
+``skip_gradients``) a mask-update step emits only the projection (u = 0: kept weights unchanged,
+dropped ones land at 0) and keeps the old inner state with step 2's reset applied.
 
 The key of step t is ``fold_in(key, t)``; the sparsity (and the rule's drop fraction) may be
 optax schedules evaluated on the count, or traced values under ``optax.inject_hyperparams``.
 
 Library decisions:
 
-* The rule sees the raw dense gradient g of this step (never the masked one) and the parameters
-  θ_{t+1} = θ + u' this step lands on.
-* The official RigL/SET code and jaxpruner (``skip_gradients=True``) skip the optimizer step on
-  mask-update iterations; by default the optimizer step and the mask change happen in the same
-  update, and ``skip_update_on_mask_step=True`` gives the official behaviour.
+* The rule sees θ_t and the raw dense gradient g_t (never the masked one), as the official RigL
+  code, whose mask update runs on the iterate before that step's optimizer update.
+* Default ``skip_update_on_mask_step=False``: on a mask-update step the optimizer step and the mask
+  change happen in the same update; grown entries land at exactly 0 and the inner transformation
+  sees a zero gradient from a zeroed state at every entry whose mask changes (grown or newly
+  pruned), so their per-parameter state stays zero for the statistics of momentum / Adam / Lion-type
+  optimizers (a zero gradient from a zero state), and their first nonzero gradient enters on the
+  next step, as in the official code. The official skip is ``skip_update_on_mask_step=True``. The
+  default is the faster plain step on CPU: keeping the old inner state means selecting it by the
+  traced predicate after the inner update, which breaks XLA's fused pass over the moments (about
+  1.5x slower per plain step on 12.6M parameters, ``docs/benchmarks/masks.md``), whereas the reset
+  before the update and the zeroed gradient fuse into it.
 * Zeroing the inner state where a mask changes covers both directions: grown entries restart
   with zero moments (RigL zeroes the optimizer slots), and newly masked entries lose theirs
   (AC/DC, open point 16). For dropped entries of RigL/SET this is harmless: they would be reset
@@ -198,9 +210,11 @@ def sparse(
   """Sparse training: masks in the state, projection after ``inner``, rule-driven mask updates.
 
   .. math::
-    u' = M ⊙ (θ + u) − θ, \\quad u, s' = \\mathrm{inner}(M ⊙ g \\text{ or } g, s, θ) \\\\
-    M' = \\mathrm{rule}(M, θ + u', g, t) \\text{ on scheduled steps; grown entries land at 0
-    with zeroed inner state}
+    M' = \\mathrm{rule}(M, θ, g, t) \\text{ on scheduled steps (else } M' = M) \\\\
+    u' = (M ∧ M') ⊙ (θ + u) − θ, \\quad u, s' = \\mathrm{inner}(ĝ, s_0, θ), \\quad
+    s_0 = s \\text{ zeroed where } M ≠ M'
+
+  Grown entries land at 0 with zeroed inner state.
 
   See the module docstring for the full step and the library decisions. After every
   ``optax.apply_updates`` the pruned entries are exactly 0.0. ``sparse`` must be the outermost
@@ -221,8 +235,9 @@ def sparse(
       bool arrays for eligible leaves, None for dense leaves).
     seed: seed of the rule's PRNG key.
     skip_update_on_mask_step: on mask-update steps emit no optimizer step (only the projection
-      and the mask change) and keep the inner state, as the official RigL/SET code and
-      jaxpruner's ``skip_gradients``; default False (both happen in the same update).
+      onto the new masks) and keep the inner state (zeroed where the mask changed), as the
+      official RigL/SET code and jaxpruner's ``skip_gradients``; default False (both happen in
+      the same update, grown entries see a zero gradient on that step; see the module doc).
     backend: ``"auto"``, ``"xla"`` or ``"pallas"`` (validated with
       ``optax_sparse.kernels.resolve_backend``). Every backend runs the projection as the
       elementwise ``where(M, u, −θ)``, which XLA fuses with the inner transformation's pass: the
@@ -318,50 +333,55 @@ def sparse(
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
     eligible = _eligibility.eligible_tree(where, params)
     masks, count = state.masks, state.count
-    inner_grads = grads
-    if sparse_gradients:
-      inner_grads = jax.tree.map(
-          lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)), masks, grads,
-          is_leaf=_is_none)
-    extra_args.pop("masks", None)
-    updates, inner_state = inner.update(
-        inner_grads, state.inner_state, params, masks=masks, **extra_args)
-    updates = jax.tree.map(
-        lambda m, u, p: u if m is None else jnp.where(m, u, -p).astype(p.dtype),
-        masks, updates, params, is_leaf=_is_none)
+    is_mask_step = rule.is_update_step(count)
 
-    def change(operand):
-      updates, inner_state, rule_state = operand
-      if skip_update_on_mask_step:
-        # The official RigL / SET step: no optimizer step on a mask-update iteration.
-        updates = jax.tree.map(
-            lambda m, u, p: jnp.zeros_like(u) if m is None
-            else jnp.where(m, jnp.zeros_like(p), -p).astype(p.dtype),
-            masks, updates, params, is_leaf=_is_none)
-        inner_state = state.inner_state
-      new_params = optax.apply_updates(params, updates)
+    def change(rule_state):
+      # Only the masks (and the rule's small state) leave the conditional; the parameters and
+      # the gradient are only read inside it.
       key_t = jax.random.fold_in(state.key, count)
       new_masks, rule_state = rule.update_masks(
-          masks, new_params, grads, count, key_t, target_at(params, eligible, count), rule_state)
+          masks, params, grads, count, key_t, target_at(params, eligible, count), rule_state)
       new_masks = jax.tree.map(
           lambda m, n: None if m is None else jnp.asarray(n, bool), masks, new_masks,
           is_leaf=_is_none)
+      return new_masks, rule_state
+
+    def keep(rule_state):
+      return masks, rule_state
+
+    new_masks, rule_state = jax.lax.cond(is_mask_step, change, keep, state.rule_state)
+    changed = jax.tree.map(
+        lambda m, n: None if m is None else m != n, masks, new_masks, is_leaf=_is_none)
+    # The reset is applied to the state *before* the inner update (all False on plain steps), so
+    # that it fuses into the inner transformation's elementwise pass.
+    inner_state = reset_inner_state(inner, state.inner_state, changed, params)
+
+    def inner_grad(m, n, g):
+      if m is None:
+        return g
+      if sparse_gradients:
+        return jnp.where(m & n, g, jnp.zeros_like(g))
+      if not skip_update_on_mask_step:
+        # Entries whose mask changes (grown or newly pruned) see no gradient on this step.
+        return jnp.where(m != n, jnp.zeros_like(g), g)
+      return g
+
+    inner_grads = jax.tree.map(inner_grad, masks, new_masks, grads, is_leaf=_is_none)
+    extra_args.pop("masks", None)
+    updates, new_inner_state = inner.update(
+        inner_grads, inner_state, params, masks=new_masks, **extra_args)
+    if skip_update_on_mask_step:
+      # The official RigL / SET step: no optimizer step on a mask-update iteration (only the
+      # projection onto the new masks); the inner state is kept, with the reset applied.
       updates = jax.tree.map(
-          lambda m, n, u, p: u if m is None else jnp.where(m & n, u, -p).astype(p.dtype),
-          masks, new_masks, updates, params, is_leaf=_is_none)
-      changed = jax.tree.map(
-          lambda m, n: None if m is None else m != n, masks, new_masks, is_leaf=_is_none)
-      inner_state = reset_inner_state(inner, inner_state, changed, params)
-      return new_masks, updates, inner_state, rule_state
-
-    def keep(operand):
-      updates, inner_state, rule_state = operand
-      return masks, updates, inner_state, rule_state
-
-    new_masks, updates, inner_state, rule_state = jax.lax.cond(
-        rule.is_update_step(count), change, keep, (updates, inner_state, state.rule_state))
+          lambda u: jnp.where(is_mask_step, jnp.zeros_like(u), u), updates)
+      new_inner_state = jax.tree.map(
+          lambda old, new: jnp.where(is_mask_step, old, new), inner_state, new_inner_state)
+    updates = jax.tree.map(
+        lambda m, n, u, p: u if m is None else jnp.where(m & n, u, -p).astype(p.dtype),
+        masks, new_masks, updates, params, is_leaf=_is_none)
     return updates, SparseState(
         count=optax.safe_increment(count), masks=new_masks, key=state.key,
-        rule_state=rule_state, inner_state=inner_state)
+        rule_state=rule_state, inner_state=new_inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
