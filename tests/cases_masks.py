@@ -11,9 +11,8 @@ import optax_sparse as osp  # noqa: E402
 # `sparse` has no learning rate of its own; the inner optimizer, the rule and the distribution are
 # objects, static for inject_hyperparams (sparsity and seed are injected as numbers). The
 # parabola and Rosenbrock targets are 1-D (dense under the default `where`); the mixed target's
-# 2-D leaf has no zero entry, so only the sparsity-0 case can solve it. Every selection compiles
-# to a sizeable program, so only a few rules are registered here: the rules differ only in their
-# pure functions under one `lax.cond` and share `SparseState`; each rule is tested on its own in
+# 2-D leaf has no zero entry, so only the sparsity-0 case can solve it. Every rule is registered
+# once, each with a different inner optimizer; each rule's invariants are tested on their own in
 # tests/test_masks_rules.py.
 _STATIC = ("inner", "rule", "distribution")
 _DENSE_TARGETS = ("parabola", "rosenbrock")
@@ -40,3 +39,23 @@ CASES.append(Case(
     "sr_ste_adam", osp.sr_ste,
     {"inner": optax.adam(0.05), "n": 1, "m": 2, "axis": -1},
     static_args=("inner", "n", "m", "axis"), lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "sparse_set_sgd_momentum", osp.sparse,
+    {"inner": optax.sgd(1e-3, momentum=0.9), "rule": osp.set_(every=2, end_step=200),
+     "sparsity": 0.5, "distribution": osp.erk()},
+    static_args=_STATIC, lr_arg=None, targets=_DENSE_TARGETS, steps=5000))
+CASES.append(Case(
+    "sparse_global_magnitude_adam", osp.sparse,
+    {"inner": optax.adam(0.05), "rule": osp.global_magnitude(), "sparsity": 0.5},
+    static_args=_STATIC, lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "sparse_acdc_adam", osp.sparse,
+    {"inner": optax.adam(0.05),
+     "rule": osp.acdc(warmup_steps=1, sparse_steps=1, dense_steps=1, alternate_until=6,
+                      final_sparse_from=8),
+     "sparsity": 0.5},
+    static_args=_STATIC, lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "sparse_one_shot_magnitude_lion", osp.sparse,
+    {"inner": optax.lion(5e-3), "rule": osp.one_shot_magnitude(), "sparsity": 0.5},
+    static_args=_STATIC, lr_arg=None, targets=("parabola",), steps=5000))
