@@ -78,3 +78,13 @@ CASES.append(Case("decoupled_weight_decay_adam", _adam_with_switch_off_decay,
 CASES.append(Case("adamw_paper", osp.adamw_paper,
                   {"learning_rate": 1e-2, "weight_decay": 1e-4, "multiplier": 1.0},
                   lr_arg="multiplier", steps=4000))
+
+
+def _scaled_steepest(learning_rate, q):
+  # The direction alone with a per-leaf ‖g‖_q^{2−q} normalization, scaled by a learning rate.
+  return optax.chain(osp.scale_by_steepest(q, normalization="per_leaf"),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+CASES.append(Case("scale_by_steepest_per_leaf", _scaled_steepest,
+                  {"learning_rate": 1e-3, "q": 1.5}, static_args=("q",), steps=20000))
