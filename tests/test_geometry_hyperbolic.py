@@ -41,6 +41,14 @@ def test_hyperbolic_step_matches_reference():
   assert int(state.count) == 1 and int(state.skipped_leaves) == 0
 
 
+def test_hyperbolic_factor_matches_reference_and_keeps_zeros():
+  w = _tree()["w"]
+  g = np.cos(3.0 * w) * 40.0  # large enough that some exponents hit the ±5 clip
+  out = osp.hyperbolic_factor(jnp.asarray(w), jnp.asarray(g), 0.05, 30.0, 0.1)
+  np.testing.assert_allclose(out, _ham_reference(w, g, 0.05, 30.0, 0.1, None), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(out)[0, :2], np.zeros(2, np.float32))
+
+
 def test_exponent_clip_and_cap():
   params = {"w": np.full((3, 3), 2.0, np.float32)}
   grads = {"w": np.full((3, 3), 1.0, np.float32)}

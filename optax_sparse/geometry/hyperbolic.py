@@ -107,9 +107,17 @@ def hyperbolic_factor(
     The new parameters in float32.
   """
   h = params.astype(jnp.float32)
-  g = grads.astype(jnp.float32)
-  e = jnp.clip(-learning_rate * (alpha * jnp.sign(h) * g + beta), -EXPONENT_CLIP, EXPONENT_CLIP)
+  e = _exponent(h, grads.astype(jnp.float32), learning_rate, alpha, beta)
   return jnp.where(h != 0, h * jnp.exp(e), h)
+
+
+def _exponent(h: jnp.ndarray, g: jnp.ndarray, lr, alpha, beta) -> jnp.ndarray:
+  """``clip(−η(α·sign(h)·g + β), −5, 5)`` in float32, exact wherever ``h ≠ 0``.
+
+  ``sign(h)·g`` is written as the select ``where(h > 0, g, −g)`` (the kernel's form); it differs
+  from it only where ``h = 0``, which every caller keeps at ``h``.
+  """
+  return jnp.clip(-lr * (alpha * jnp.where(h > 0, g, -g) + beta), -EXPONENT_CLIP, EXPONENT_CLIP)
 
 
 def _cap_scale(x: jnp.ndarray, max_weight_norm: float | None) -> jnp.ndarray:
@@ -186,10 +194,8 @@ def _hyperbolic_update(
       new = p32 + u_kernel.astype(jnp.float32)
     else:
       # hyperbolic_factor without its zero select: the guard below does its work. Where
-      # θ½ = ±0, θ½·exp(e) is ±0 for a finite e and NaN otherwise (then θ½ is kept). The sign
-      # select equals sign(θ½)·g wherever θ½ ≠ 0 and is the kernel's form.
-      e = jnp.clip(-lr * (a * jnp.where(h > 0, g32, -g32) + b), -EXPONENT_CLIP, EXPONENT_CLIP)
-      new = h * jnp.exp(e)
+      # θ½ = ±0, θ½·exp(e) is ±0 for a finite e and NaN otherwise (then θ½ is kept).
+      new = h * jnp.exp(_exponent(h, g32, lr, a, b))
       if mask is not None:
         new = jnp.where(mask, new, 0.0)
     # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32: such
