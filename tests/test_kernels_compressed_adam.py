@@ -4,24 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pallas_jaxpr import pallas_calls
 
 from optax_sparse import kernels
 
 CASES = [((1, 1), 1), ((7, 129), 300), ((3, 3, 17, 33), 77)]
 HP = dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-6, bias_correction1=1 - 0.8**3,
           bias_correction2=1 - 0.99**3)
-
-
-def _pallas_calls(jaxpr):
-  """The pallas_call equations of a jaxpr, looking inside nested jit calls."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call":
-      yield eqn
-      continue
-    for value in eqn.params.values():
-      sub = getattr(value, "jaxpr", value)
-      if hasattr(sub, "eqns"):
-        yield from _pallas_calls(sub)
 
 
 def _numpy_reference(g, idx, mu, nu, learning_rate, b1, b2, eps, bias_correction1,
@@ -96,7 +85,7 @@ def test_moments_aliased_in_place():
   fn = lambda g, idx, mu, nu: kernels.compressed_adam_update(  # noqa: E731
       g, idx, mu, nu, backend="pallas", interpret=True, **HP)
   jaxpr = jax.make_jaxpr(fn)(g, idx, mu, nu)
-  (call,) = _pallas_calls(jaxpr.jaxpr)
+  (call,) = pallas_calls(jaxpr.jaxpr)
   # Operands are (scalars, g_sel, idx, mu, nu); outputs (step, mu, nu).
   assert tuple(call.params["input_output_aliases"]) == ((3, 1), (4, 2))
 

@@ -4,23 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pallas_jaxpr import pallas_calls
 
 from optax_sparse import kernels
 
 SHAPES = [(1, 1), (7, 129), (3, 3, 17, 33)]
 LR, ALPHA, BETA = 0.3, 2.0, 0.05
-
-
-def _pallas_calls(jaxpr):
-  """The pallas_call equations of a jaxpr, looking inside nested jit calls."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "pallas_call":
-      yield eqn
-      continue
-    for value in eqn.params.values():
-      sub = getattr(value, "jaxpr", value)
-      if hasattr(sub, "eqns"):
-        yield from _pallas_calls(sub)
 
 
 def _numpy_reference(theta, g, u_base, mask, lr, alpha, beta):
@@ -96,7 +85,7 @@ def test_output_aliased_to_base_updates_and_traced_scalars():
                                           interpret=True)
 
   jaxpr = jax.make_jaxpr(step)(theta, g, u_base, mask, LR)
-  calls = list(_pallas_calls(jaxpr.jaxpr))
+  calls = list(pallas_calls(jaxpr.jaxpr))
   assert len(calls) == 1
   # Operands are (scalars, theta, grads, base_updates, mask): base_updates -> output 0.
   assert tuple(calls[0].params["input_output_aliases"]) == ((3, 0),)
