@@ -1,0 +1,196 @@
+"""Dynamic sparse training rules: SET and RigL (drop by magnitude, grow at random / by gradient)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_sparse import _hyperparams
+from optax_sparse.masks import select
+from optax_sparse.masks.rules._base import (
+  MaskRule,
+  _check_step,
+  _exclude,
+  _leaf_keys,
+  _leafwise,
+  _magnitude,
+  _random_masks,
+)
+
+__all__ = ["rigl", "set_"]
+
+
+def _drop_fraction_schedule(
+    name: str, drop_fraction: optax.ScalarOrSchedule, end_step: int | None
+) -> Callable[[Any], Any]:
+  _hyperparams.check_scalar(name, drop_fraction, low=0.0, high=1.0)
+  if callable(drop_fraction):
+    return lambda t: _hyperparams.evaluate(drop_fraction, t)
+  if end_step is None:
+    return lambda t: jnp.asarray(drop_fraction, jnp.float32)
+
+  def cosine(t):
+    progress = jnp.minimum(jnp.asarray(t, jnp.float32), end_step) / float(end_step)
+    return 0.5 * jnp.asarray(drop_fraction, jnp.float32) * (1.0 + jnp.cos(jnp.pi * progress))
+
+  return cosine
+
+
+def _periodic(every: int, end_step: int | None) -> Callable[[Any], Any]:
+  def is_update_step(count):
+    due = count % every == 0
+    if end_step is not None:
+      due = due & (count <= end_step)
+    return due
+
+  return is_update_step
+
+
+def _drop_grow_leaf(
+    mask: jax.Array, theta: jax.Array, grow_scores: jax.Array, fraction: Any,
+    drop_noise: jax.Array | None,
+) -> jax.Array:
+  """Drops ⌊f·n_active⌋ smallest-|θ| active entries and grows as many by ``grow_scores``."""
+  n_active = jnp.sum(mask, dtype=jnp.int32)
+  n_drop = jnp.floor(n_active.astype(jnp.float32) * fraction).astype(jnp.int32)
+  drop_scores = _magnitude(theta)
+  if drop_noise is not None:
+    drop_scores = drop_scores + drop_noise
+  kept = select.select_top_k(_exclude(drop_scores, mask), n_active - n_drop)
+  grow = jnp.where(jnp.isfinite(grow_scores), grow_scores, -jnp.inf)
+  grown = select.select_top_k(_exclude(grow, ~kept), n_drop)
+  return kept | grown
+
+
+def _dynamic_rule(
+    name: str, drop_fraction: Any, every: int, end_step: int | None, grow: str, noise_std: float
+) -> MaskRule:
+  _check_step("every", every, low=1)
+  if end_step is not None:
+    _check_step("end_step", end_step, low=1)
+  _hyperparams.check_scalar("noise_std", noise_std, low=0.0, allow_schedule=False)
+  fraction_at = _drop_fraction_schedule("drop_fraction", drop_fraction, end_step)
+
+  def init_masks(params, target, key):
+    return _random_masks(params, target, key)
+
+  def update_masks(masks, params, grads, count, key, target, rule_state):
+    fraction = fraction_at(count)
+    leaf_keys = _leaf_keys(key, masks)
+
+    def leaf(m, p, g, k):
+      k_noise, k_grow = jax.random.split(k)
+      noise = None
+      if noise_std > 0.0:
+        noise = noise_std * jax.random.normal(k_noise, m.shape, jnp.float32)
+      if grow == "random":
+        scores = jax.random.uniform(k_grow, m.shape, jnp.float32)
+      else:
+        scores = jnp.abs(jnp.asarray(g, jnp.float32))
+      return _drop_grow_leaf(m, p, scores, fraction, noise)
+
+    return _leafwise(leaf, masks, params, grads, leaf_keys), rule_state
+
+  return MaskRule(name, init_masks, _periodic(every, end_step), update_masks)
+
+
+def set_(
+    drop_fraction: optax.ScalarOrSchedule = 0.3,
+    every: int = 100,
+    end_step: int | None = None,
+    *,
+    noise_std: float = 0.0,
+) -> MaskRule:
+  """SET: drop the smallest active weights, regrow as many uniformly at random.
+
+  .. math::
+    k_l = \\lfloor ζ_t \\, n_{active,l} \\rfloor,\\;
+    M' = \\operatorname{top}_{n_{active}-k}(|θ| \\text{ on } M) \\cup
+         \\operatorname{top}_{k}(U \\text{ on } ¬M_{kept})
+
+  Every ``every`` steps (and while t ≤ ``end_step`` when given). Grown weights start at 0 and
+  their optimizer state is zeroed by ``sparse()``. The random draws use ``sparse()``'s key folded
+  with the count. Masks at init are uniformly random at the per-leaf densities.
+
+  Args:
+    drop_fraction: ζ in [0, 1] or a schedule of the count. A float with ``end_step`` follows the
+      cosine decay ζ/2·(1 + cos(πt/T_end)) (as RigL); without ``end_step`` it is constant
+      (jaxpruner's SET default).
+    every: ΔT >= 1, steps between mask updates (default 100).
+    end_step: T_end, last step with mask updates (None: never stops).
+    noise_std: std of N(0, σ²) noise added to the drop scores to break ties (default 0; the
+      RigL code's SET uses its ``noise_std`` flag).
+
+  Returns:
+    A :class:`MaskRule` for :func:`optax_sparse.sparse`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import optax_sparse as osp
+    >>> tx = osp.sparse(optax.sgd(0.1), osp.set_(every=1), sparsity=0.5)
+    >>> params = {"w": jnp.ones((4, 4))}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(params, state, params)
+    >>> int(osp.get_masks(state)["w"].sum())
+    8
+
+  References:
+    Mocanu et al., *Scalable Training of Artificial Neural Networks with Adaptive Sparse
+    Connectivity Inspired by Network Science*, arXiv 1707.04780.
+  """
+  return _dynamic_rule("set", drop_fraction, every, end_step, "random", noise_std)
+
+
+def rigl(
+    drop_fraction: optax.ScalarOrSchedule = 0.3,
+    every: int = 100,
+    end_step: int | None = None,
+    *,
+    noise_std: float = 1e-5,
+) -> MaskRule:
+  """RigL: drop the smallest active weights, grow where the dense gradient is largest.
+
+  .. math::
+    k_l = \\lfloor f(t)\\, n_{active,l} \\rfloor, \\quad
+    f(t) = \\tfrac{ζ}{2}\\big(1 + \\cos(πt / T_{end})\\big) \\\\
+    M_{kept} = \\operatorname{top}_{n_{active}-k}(|θ| + ε \\text{ on } M), \\;
+    M' = M_{kept} \\cup \\operatorname{top}_{k}(|g| \\text{ on } ¬M_{kept})
+
+  Every ``every`` steps while t ≤ T_end. g is the *raw dense* gradient passed to ``update``
+  (not masked, even with ``sparse_gradients=True``); θ the parameters θ_t this step starts from.
+  ε ~ N(0, ``noise_std``²) from the state's key folded with the count (official code). Entries
+  kept after the drop are lifted out of the grow ranking; a connection dropped and regrown in
+  the same update keeps its value; grown weights start at 0 with zeroed optimizer state. The
+  per-layer density never changes. Masks at init are uniformly random at the per-leaf densities
+  (use ``distribution=osp.erk()`` for RigL's ERK).
+
+  Args:
+    drop_fraction: ζ in [0, 1] (default 0.3) or a schedule f(t) used as given. A float with
+      ``end_step`` gives the cosine decay above; without ``end_step`` it stays constant (the
+      official code's ``constant`` anneal).
+    every: ΔT >= 1 (default 100).
+    end_step: T_end, the last step with mask updates (paper: 0.75·T); None never stops.
+    noise_std: tie-break noise std on the drop scores (default 1e-5; 0 disables it).
+
+  Returns:
+    A :class:`MaskRule` for :func:`optax_sparse.sparse`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import optax_sparse as osp
+    >>> tx = osp.sparse(optax.sgd(0.1), osp.rigl(every=1, end_step=100), sparsity=0.5)
+    >>> params = {"w": jnp.ones((4, 4))}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(params, state, params)
+    >>> int(osp.get_masks(state)["w"].sum())
+    8
+
+  References:
+    Evci, Gale, Menick, Castro, Elsen, *Rigging the Lottery: Making All Tickets Winners*,
+    arXiv 1911.11134.
+  """
+  return _dynamic_rule("rigl", drop_fraction, every, end_step, "gradient", noise_std)
