@@ -59,3 +59,10 @@ CASES.append(Case(
     "sparse_one_shot_magnitude_lion", osp.sparse,
     {"inner": optax.lion(5e-3), "rule": osp.one_shot_magnitude(), "sparsity": 0.5},
     static_args=_STATIC, lr_arg=None, targets=("parabola",), steps=5000))
+CASES.append(Case(
+    "keep_mask_adam", osp.keep_mask, {"inner": optax.adam(0.05)},
+    static_args=("inner",), lr_arg=None))
+CASES.append(Case(
+    "keep_mask_compact_sgd_momentum", osp.keep_mask,
+    {"inner": optax.sgd(1e-3, momentum=0.9), "compact_state": True},
+    static_args=("inner", "compact_state"), lr_arg=None, steps=5000))

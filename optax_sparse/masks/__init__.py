@@ -1,6 +1,7 @@
 """Masks: selection, layer densities, scores, rules and the mask-owning combinator."""
 
 from optax_sparse.masks.distributions import LayerDistribution, er, erk, uniform
+from optax_sparse.masks.finetune import KeepMaskState, fixed_mask, keep_mask, merge_masked
 from optax_sparse.masks.rules import (
     MaskRule,
     SrSteState,
@@ -51,6 +52,10 @@ __all__: list[str] = [
     "SparseState",
     "get_masks",
     "sparse",
+    "KeepMaskState",
+    "fixed_mask",
+    "keep_mask",
+    "merge_masked",
     "block_mask",
     "count_for_density",
     "nm_mask",
