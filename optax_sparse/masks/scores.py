@@ -273,7 +273,7 @@ def masks_from_scores(
     scope: ``"global"`` or ``"layer"``.
 
   Returns:
-    A pytree with the scores' structure: a bool array per eligible leaf, ``None`` elsewhere
+    A pytree with the scores' structure, a bool array per eligible leaf, ``None`` elsewhere
     (the library's ``masks`` convention).
 
   Raises:

@@ -12,7 +12,7 @@ and masks M (bool per eligible leaf; ``None`` for dense leaves):
    traces, …, found structurally with ``optax.tree.map_params``, never a list of known optimizer
    types) is zeroed at the entries whose mask changes (M ≠ M'), *before* the inner update;
 3. ĝ = (M ∧ M')⊙g if ``sparse_gradients`` else g zeroed where the mask changes (M ≠ M');
-4. (u, s) = inner.update(ĝ, s, θ, masks=M', **extra_args) — the masks that govern this step are
+4. (u, s) = inner.update(ĝ, s, θ, masks=M', ``**extra_args``) — the masks that govern this step are
    forwarded to the inner transformation as the extra argument ``masks``;
 5. projection (emit-to-land, the ``optax.keep_params_nonnegative`` idiom, METHODS.md §11):
    u' = (M ∧ M')⊙(θ + u) − θ, computed as ``where(M ∧ M', u, −θ)`` so that θ + u' is exactly 0
@@ -94,7 +94,7 @@ def get_masks(state: optax.OptState) -> Any:
       with a single field named ``masks``).
 
   Returns:
-    The masks: a bool array per eligible leaf and ``None`` per dense leaf.
+    The masks, a bool array per eligible leaf and ``None`` per dense leaf.
 
   Raises:
     ValueError: when no ``masks`` field is found.
