@@ -1,8 +1,8 @@
 """Which parameter leaves a geometry, mask or reparameterization acts on.
 
-Library-wide default (METHODS.md §0): leaves with ``ndim >= 2`` (kernels, embeddings) are
-eligible; biases, normalization scales and scalars stay dense and untouched. Every public factory
-that takes ``where`` accepts:
+Library-wide default (see :doc:`/methods/sparse`): leaves with ``ndim >= 2`` (kernels,
+embeddings) are eligible; biases, normalization scales and scalars stay dense and untouched. Every
+public factory that takes ``where`` accepts:
 
 * ``None``: the default rule ``ndim >= 2``;
 * a predicate ``where(path, leaf) -> bool`` called with the leaf's ``jax.tree_util`` key path

@@ -12,7 +12,7 @@ import optax_sparse as osp
 
 
 def _ham_reference(theta_half, grad, lr, alpha, beta, cap):
-  """HAM step 2-3 written from METHODS.md §2 (official HYP* code) in NumPy."""
+  """HAM step 2-3 written from the HAM method page (official HYP* code) in NumPy."""
   h = np.asarray(theta_half, np.float32)
   e = np.clip(-lr * (alpha * np.sign(h) * grad + beta), -5.0, 5.0)
   new = np.where(h != 0, h * np.exp(e), h)

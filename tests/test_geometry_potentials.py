@@ -47,7 +47,7 @@ def test_entropy_inverse_on_positive_orthant(theta):
 
 
 def _reference_step(name, theta, x, lr):
-  """(∇φ)⁻¹(∇φ(θ) − clip(δ)) in float64, written from the table of METHODS.md §4.2-4.3."""
+  """(∇φ)⁻¹(∇φ(θ) − clip(δ)) in float64, from the mirror-descent page's table."""
   t, x = theta.astype(np.float64), x.astype(np.float64)
   if name == "quadratic":
     return t - lr * x
@@ -94,7 +94,7 @@ def test_hypentropy_scale_schedule_and_limit():
   for count, a in ((0, 0.1), (1, 0.5)):
     expected = a * np.sinh(np.arcsinh(np.asarray(theta, np.float64) / a) - 0.1 * np.asarray(x))
     np.testing.assert_allclose(pot.step(theta, x, 0.1, count), expected, rtol=1e-5)
-  # a -> 0: HAM's multiplicative step θ·exp(−δ sign θ) (METHODS.md §4.4(b)).
+  # a -> 0: HAM's multiplicative step θ·exp(−δ sign θ) (mirror-descent method page).
   tiny = P.hyperbolic_entropy(1e-8)
   np.testing.assert_allclose(tiny.step(theta, x, 0.1, 0),
                              np.asarray(theta) * np.exp(-0.1 * np.asarray(x) * np.sign(theta)),

@@ -15,7 +15,7 @@ HP = dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-6, bias_correction1=1 - 0.
 
 def _numpy_reference(g, idx, mu, nu, learning_rate, b1, b2, eps, bias_correction1,
                      bias_correction2):
-  """Algorithm 1 steps 3-4 of NanoAdam (METHODS.md §9), float64; -1 slots are unused."""
+  """Algorithm 1 steps 3-4 of NanoAdam (its method page), float64; -1 slots are unused."""
   flat = np.asarray(g, np.float64).ravel()
   valid = idx >= 0
   g_sel = np.where(valid, flat[np.where(valid, idx, 0)], 0.0)
@@ -72,7 +72,7 @@ def test_pallas_matches_twin_and_reference(shape, k, dtype):
 
 def test_first_step_is_scaled_sign():
   """From zero moments without bias correction the step is -(1-b1)/sqrt(1-b2) * lr * sign(g)
-  (up to eps), the derivation quoted in METHODS.md §9."""
+  (up to eps), the derivation on the NanoAdam method page."""
   g = jnp.array([[0.5, -3.0, 2.0]])
   idx = jnp.array([0, 1, 2], jnp.int32)
   u, _, _ = kernels.compressed_adam_update(g, idx, jnp.zeros(3), jnp.zeros(3), learning_rate=1.0,

@@ -13,7 +13,7 @@ LR, ALPHA, BETA = 0.3, 2.0, 0.05
 
 
 def _numpy_reference(theta, g, u_base, mask, lr, alpha, beta):
-  """HAM (HYP*) step of METHODS.md §2 followed by the mask projection, in float64."""
+  """HAM (HYP*) step of the HAM method page followed by the mask projection, in float64."""
   theta, g, u_base = (np.asarray(a, np.float64) for a in (theta, g, u_base))
   h = theta + u_base
   e = np.clip(-lr * (alpha * np.sign(h) * g + beta), -5.0, 5.0)

@@ -1,6 +1,6 @@
 """Decoupled weight decay that follows a schedule, the paper form of AdamW, switch-off schedules.
 
-Two conventions (METHODS.md §1):
+Two conventions (see :doc:`/methods/weight_decay`):
 
 * optax / PyTorch (the library default, lr-coupled): ``u = −η_t(d_t + λ_t θ_t)``, i.e. a per-step
   decay ``η_t λ_t``. :func:`decoupled_weight_decay` adds ``λ_t θ_t`` to the update; put it before
@@ -11,9 +11,10 @@ Two conventions (METHODS.md §1):
   (:func:`adamw_paper`). ``optax.adamw(α·η_t, weight_decay=λ/α)`` is the same rule.
 
 Switching decay off (Jacobs, Zhou, Burkholz, *Mirror, Mirror of the Flow: How Does
-Regularization Shape Implicit Bias?*, arXiv 2504.12883, METHODS.md §6): the paper proposes to
-stop weight decay during training; its shape and timing are not public. :func:`decay_switch_off`
-builds ``λ(t) = λ·clip((t_end − t)/(t_end − t_off), 0, 1)`` (linear), its cosine variant, or the
+Regularization Shape Implicit Bias?*, arXiv 2504.12883; :doc:`/methods/weight_decay`): the paper
+proposes to stop weight decay during training; its shape and timing are not public.
+:func:`decay_switch_off` builds ``λ(t) = λ·clip((t_end − t)/(t_end − t_off), 0, 1)`` (linear), its
+cosine variant, or the
 hard step ``λ·1[t < t_off]``; the proposed default is a hard switch-off at ``t_off = 0.5·T``.
 
 Library decisions: the decay rate is a ``ScalarOrSchedule`` evaluated on a count kept in the

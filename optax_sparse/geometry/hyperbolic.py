@@ -13,7 +13,7 @@ taken at ``θ_t``::
 parameter iterate it receives. :func:`ham` is ``compose(base, hyperbolic_step(...))``, so the
 hyperbolic step sees the same raw gradient as the base and the iterate the base left.
 
-Library decisions and open points (METHODS.md §2):
+Library decisions where the paper and its code leave a choice (see :doc:`/methods/ham`):
 
 * *Learning-rate coupling.* optax cannot read the base optimizer's learning rate, so the step
   takes its own ``learning_rate`` (a ``ScalarOrSchedule``) evaluated on its own count, which
@@ -306,7 +306,7 @@ def ham(
   beta, ...))``, written as one expression per leaf (no materialized iterate). The ``masks``
   extra argument of :func:`optax_sparse.sparse`, when present, is forwarded to the base and
   projects the eligible leaves before the norm cap. Pass the base optimizer's own learning rate
-  or schedule as ``learning_rate`` (open point: optax cannot read it from the base); both counts
+  or schedule as ``learning_rate`` (optax cannot read it from the base); both counts
   start at 0 and advance together.
 
   Args:

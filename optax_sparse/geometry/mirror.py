@@ -1,7 +1,7 @@
 """Mirror descent over a separable potential.
 
 With a potential ``φ`` (see :mod:`optax_sparse.geometry.potentials`), learning rate ``η_t`` and
-input ``x_t`` (METHODS.md §4.1)::
+input ``x_t`` (see :doc:`/methods/mirror_descent`)::
 
     θ_{t+1} = (∇φ)⁻¹(∇φ(θ_t) − η_t x_t),        u_t = θ_{t+1} − θ_t
 
@@ -11,7 +11,7 @@ inside :func:`optax_sparse.compose`, or a base direction ``d_t`` when it follows
 
 Library decisions:
 
-* The potential is a required argument (open point, METHODS.md §4).
+* The potential is a required argument (no paper fixes a default one).
 * Leaves selected by ``where`` (default ``ndim >= 2``) take the mirror step; the other leaves
   (biases, norm scales) take a plain gradient step ``−η_t x_t`` (``other_leaves="sgd"``, the
   Euclidean potential) or are left alone (``other_leaves="keep"``, for use after a base

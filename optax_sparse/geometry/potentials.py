@@ -1,7 +1,7 @@
 """Separable mirror potentials for :func:`optax_sparse.mirror_descent`.
 
 A potential ``φ`` (per coordinate) gives the mirror map ``∇φ`` and its inverse; a mirror step is
-``θ' = (∇φ)⁻¹(∇φ(θ) − δ)`` with the dual step ``δ = η_t x_t``. Table of METHODS.md §4.2:
+``θ' = (∇φ)⁻¹(∇φ(θ) − δ)`` with the dual step ``δ = η_t x_t`` (see :doc:`/methods/mirror_descent`):
 
 =======================  ===========================  ==============================  ==========
 potential                ∇φ(θ)                        (∇φ)⁻¹(z)                       P = 1/φ''
@@ -14,7 +14,7 @@ entropy (θ > 0)          log θ                        exp(z)                  
 power (m ∈ [0, 1))       sign(θ)|θ|^{1−m}/(1−m)       sign(z)((1−m)|z|)^{1/(1−m)}     |θ|^m
 =======================  ===========================  ==============================  ==========
 
-Numerics and library decisions (METHODS.md §4.3, proposed defaults):
+Numerics and library decisions:
 
 * The dual step is clamped to [−5, 5] in log/arcsinh units (HAM's budget): ``δ = ηx``
   (hyperbolic entropy, entropy), ``ηx/a`` (normalized hyperbolic entropy), ``αηx`` (HAM-log).
@@ -28,8 +28,9 @@ Numerics and library decisions (METHODS.md §4.3, proposed defaults):
   where ``α|θ|`` or ``expm1`` would overflow; all maps are computed in float32.
 * Time-dependent scale (PILoT, Mask in the Mirror): ``hyperbolic_entropy`` accepts a schedule for
   ``scale``; it is evaluated once per step, at the step's count, and used for both the forward
-  and the inverse map of that step (open point: the scheme ``∇φ_{t+1}(θ_{t+1}) = ∇φ_t(θ_t) − δ``
-  would add a pure rescaling between steps; we leave that to an explicit decay transform).
+  and the inverse map of that step (a choice of ours: the scheme
+  ``∇φ_{t+1}(θ_{t+1}) = ∇φ_t(θ_t) − δ`` would add a pure rescaling between steps; we leave that to
+  an explicit decay transform).
 * Entropy lives on the positive orthant. Values cannot be checked at trace time, so the step
   keeps every entry ``<= 0`` unchanged (no NaN, no sign flip); its maps return NaN outside the
   domain, as ``log`` does. Use ``hyperbolic_entropy`` for signed parameters (its ``a → 0`` limit
@@ -215,7 +216,7 @@ def ham_log(alpha: float = 200.0) -> Potential:
     (\nabla\phi)^{-1}(z) = \mathrm{sign}(z)\,\frac{\exp(\alpha|z|) - 1}{\alpha}
 
   Inverse metric ``1 + α|θ|``: to first order, HAM's per-weight learning rate (derivation,
-  METHODS.md §2). The dual step is clamped in log units, ``clip(αηx, −5, 5)``.
+  :doc:`/methods/ham`). The dual step is clamped in log units, ``clip(αηx, −5, 5)``.
 
   Args:
     alpha: ``α > 0``.
@@ -301,8 +302,9 @@ def power(metric_exponent: float) -> Potential:
     (\nabla\phi)^{-1}(z) = \mathrm{sign}(z)\,((1-m)|z|)^{1/(1-m)}
 
   ``m = 0`` is the quadratic potential; ``m → 1`` approaches the entropic one. From deep
-  diagonal networks trained by q-steepest descent, ``m = q(L−1)/L`` (METHODS.md §4.4(e)). The
-  dual step is not clamped (it is not in log units). Both maps are bijections of ℝ.
+  diagonal networks trained by q-steepest descent, ``m = q(L−1)/L``
+  (:doc:`/methods/steepest_descent`). The dual step is not clamped (it is not in log units). Both
+  maps are bijections of ℝ.
 
   Args:
     metric_exponent: ``m`` in ``[0, 1)``, the exponent of the inverse metric ``|θ|^m``.

@@ -3,11 +3,11 @@
 Jacobs, Zhou, Burkholz, *Never Saddle for Reparameterized Steepest Descent as Mirror Flow*
 (arXiv 2603.02064, ICLR 2026). With ``1/p + 1/q = 1`` and ``q ∈ [1, 2]`` the elementwise flow is
 ``dx = −sign(∇f)⊙|∇f|^{q−1} dt``; its discrete form with decoupled, lr-coupled weight decay
-(METHODS.md §5, derivation) is::
+(our derivation, see :doc:`/methods/steepest_descent`) is::
 
     u_t = −η_t (sign(g_t)⊙|g_t|^{q−1} · N_q(g_t) + λ θ_t)
 
-Library decisions (open points of METHODS.md §5):
+Library decisions (the paper defines a flow, not an optimizer):
 
 * *Norm factor.* ``N_q = 1`` by default (elementwise, the flow of the paper).
   ``normalization="per_leaf"`` or ``"global"`` uses the classical ℓ_p steepest-descent step,

@@ -19,7 +19,7 @@ Library decisions and what is NOT in the kernel:
   reductions; they stay outside this kernel, in the transformation that calls it. The kernel is
   purely elementwise, so a non-finite input only affects its own entries.
 * With a mask the projection is applied after the hyperbolic factor, matching the order
-  mask(HAM(base)) of the library (METHODS.md §2, "Masks").
+  mask(HAM(base)) of the library (:doc:`/methods/ham`).
 * The Pallas output is aliased to ``base_updates`` (``input_output_aliases``) when both have
   θ's dtype, so under ``jit`` with a donated ``base_updates`` the update is written in place;
   when ``θ.size`` is not a multiple of 128 the flat tail is padded, which costs one copy.

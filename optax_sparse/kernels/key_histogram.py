@@ -2,7 +2,7 @@
 
 Top-k by magnitude / saliency needs the k-th largest score with a k that may be traced
 (scheduled sparsity), so ``jax.lax.top_k`` (static k) and a full sort (jaxpruner) are both poor
-fits (METHODS.md §11, "Selection"). This module finds the exact k-th largest float32 score in a
+fits (:doc:`/methods/selection`). This module finds the exact k-th largest float32 score in a
 bounded number of histogram passes (a most-significant-digit radix select):
 
 * ``float_to_key`` maps float32 to uint32 so that integer order equals float order: flip all

@@ -10,7 +10,8 @@ function, not transformations; the masks they produce are used once (a static ma
   normalized by its global sum (Synaptic-Flow).
 * GraSP (Wang et al., arXiv 2002.07376): ``(H g) ⊙ θ`` with ``g = ∇L(θ)`` held constant and
   ``H g = ∇_θ (g · ∇L(θ))`` (a Hessian-vector product, forward-over-reverse), normalized by
-  ``|Σ score| + 1e-6``; the entries with the **largest** scores are kept (METHODS.md §12.5).
+  ``|Σ score| + 1e-6``; the entries with the **largest** scores are kept
+  (see :doc:`/methods/static_random`).
   GraSP divides the logits by a temperature (200 in the paper); that belongs to the user's loss:
   ``loss_fn = lambda p, b: xent(apply(p, b.x) / 200.0, b.y)``.
 * SynFlow (Tanaka et al.): ``|θ ⊙ ∂R/∂θ|`` at ``|θ|`` with an all-ones input and

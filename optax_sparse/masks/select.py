@@ -38,7 +38,7 @@ the kernel ranks exactly the keys above; ``"auto"`` is Pallas on GPU/TPU and jnp
 threshold, counts and tie-break do not depend on the digit width, so every backend returns the
 identical mask.
 
-Library decisions (METHODS.md §11, §13 row 18):
+Library decisions (see :doc:`/methods/selection`):
 
 * ``k = max(1, round(n * density))`` clipped to ``[0, n]`` (``count_for_density``); rounding is
   half-to-even, computed exactly for Python numbers and in float32 for traced densities.
@@ -46,7 +46,7 @@ Library decisions (METHODS.md §11, §13 row 18):
 * NaN scores rank lowest in both directions: ``select_top_k`` keeps them last, ``select_bottom_k``
   picks them first (a NaN weight is the first to drop).
 * N:M groups default to the fan-in axis ``-2`` (Flax kernels ``(in, out)`` and
-  ``(kh, kw, in, out)``), METHODS.md §12.9 / §13 row 17.
+  ``(kh, kw, in, out)``), see :doc:`/methods/nm`.
 * Blocks are scored by the mean absolute score over the block's entries (partial edge blocks
   average over their valid entries only); shapes not divisible by the block are handled by
   partial edge blocks, never an error.
@@ -413,7 +413,7 @@ def nm_mask(scores: jnp.ndarray, n: int, m: int, axis: int = -2) -> jnp.ndarray:
 
   Exactly ``n`` entries are kept per group; ties by lower index within the group, NaN lowest.
   The default axis is the fan-in (reduction) axis of Flax kernels, ``-2`` for ``(in, out)`` and
-  ``(kh, kw, in, out)``, which 2:4 sparse tensor cores need (METHODS.md §12.9, open point 17).
+  ``(kh, kw, in, out)``, which 2:4 sparse tensor cores need (:doc:`/methods/nm`).
   Ranks are computed by pairwise comparison inside each group (``O(N·m)``) for ``m <= 16``, and
   by ``jax.lax.top_k`` within each group (static ``n``) for larger groups; no whole-array sort.
 

@@ -14,7 +14,7 @@ and masks M (bool per eligible leaf; ``None`` for dense leaves):
 3. ĝ = (M ∧ M')⊙g if ``sparse_gradients`` else g zeroed where the mask changes (M ≠ M');
 4. (u, s) = inner.update(ĝ, s, θ, masks=M', ``**extra_args``) — the masks that govern this step are
    forwarded to the inner transformation as the extra argument ``masks``;
-5. projection (emit-to-land, the ``optax.keep_params_nonnegative`` idiom, METHODS.md §11):
+5. projection (emit-to-land, the ``optax.keep_params_nonnegative`` idiom, :doc:`/methods/sparse`):
    u' = (M ∧ M')⊙(θ + u) − θ, computed as ``where(M ∧ M', u, −θ)`` so that θ + u' is exactly 0
    where an entry is pruned or newly grown and exactly θ + u elsewhere (entries dropped and
    regrown in the same update are kept: RigL ``reinit_when_same=False``).
@@ -42,8 +42,8 @@ Library decisions:
   before the update and the zeroed gradient fuse into it.
 * Zeroing the inner state where a mask changes covers both directions: grown entries restart
   with zero moments (RigL zeroes the optimizer slots), and newly masked entries lose theirs
-  (AC/DC, open point 16). For dropped entries of RigL/SET this is harmless: they would be reset
-  when regrown anyway.
+  (AC/DC, :doc:`/methods/acdc`). For dropped entries of RigL/SET this is harmless: they would be
+  reset when regrown anyway.
 * Masks are bool arrays (one byte per entry); they stay in the state, so a checkpoint of the
   optimizer state carries them.
 * Non-finite gradients or parameters never change the number of active entries: their scores
@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
+from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation
 from optax_sparse.masks import rules as rules_lib
 
 __all__ = ["SparseState", "get_masks", "sparse"]
@@ -73,6 +73,8 @@ class SparseState(NamedTuple):
     key: the PRNG key (uint32[2]) of the rule; step t uses ``fold_in(key, t)``.
     rule_state: the rule's own state (``optax.EmptyState()`` for the built-in rules).
     inner_state: the inner transformation's state.
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (``docs/nonfinite.md``).
   """
 
   count: jax.Array
@@ -80,6 +82,7 @@ class SparseState(NamedTuple):
   key: jax.Array
   rule_state: Any
   inner_state: optax.OptState
+  skipped_leaves: jax.Array
 
 
 def _is_none(x: Any) -> bool:
@@ -145,8 +148,48 @@ def _check_masks(masks: Any, params: Any, eligible: Any) -> Any:
 def _reset_tree(changed: Any, params: Any) -> Any:
   """Params-shaped tree: the changed-entries mask per eligible leaf, a scalar False elsewhere."""
   return jax.tree.map(
-      lambda c, p: (None if p is None else jnp.zeros((), bool)) if c is None else c,
+      lambda c, p: (p if _validation.is_empty(p) else jnp.zeros((), bool)) if c is None else c,
       changed, params, is_leaf=_is_none)
+
+
+def _safe_sparsity(s: Any) -> tuple[Any, Any]:
+  """(clip(s, 0, 1) with NaN read as 0, whether s is not NaN): the sparsity a rule sees."""
+  s = jnp.asarray(s, jnp.float32)
+  ok = ~jnp.isnan(s)
+  return jnp.clip(jnp.where(ok, s, 0.0), 0.0, 1.0), ok
+
+
+def _concrete(fn: Any) -> float | None:
+  """``float(fn())`` evaluated at trace time when possible, else None (a traced value)."""
+  try:
+    with jax.ensure_compile_time_eval():
+      return float(fn())
+  except Exception:  # noqa: BLE001 - a tracer (inject_hyperparams under jit): unknown here.
+    return None
+
+
+def _check_initial_counts(given: Any, reference: Any, scope: str, sparsity: Any) -> None:
+  """``ValueError`` when user masks keep other counts than the rule's own masks at init."""
+  paths = jax.tree_util.tree_flatten_with_path(given, is_leaf=_is_none)[0]
+  ref = jax.tree.leaves(reference, is_leaf=_is_none)
+  try:
+    counts = [(jax.tree_util.keystr(p), int(jnp.sum(g)), int(jnp.sum(r)), int(jnp.size(g)))
+              for (p, g), r in zip(paths, ref, strict=True) if g is not None]
+  except Exception:  # noqa: BLE001 - traced masks (init under jit): not checkable here.
+    return
+  if scope == "global":
+    got, want = sum(c[1] for c in counts), sum(c[2] for c in counts)
+    if got != want:
+      raise ValueError(
+          f"initial_masks keep {got} entries in total, but sparsity={sparsity!r} gives {want} "
+          f"at init for this global rule; give masks with that count or change sparsity.")
+    return
+  for name, got, want, n in counts:
+    if got != want:
+      raise ValueError(
+          f"initial_masks keep {got} of the {n} entries of {name}, but sparsity={sparsity!r} "
+          f"(with the distribution) gives {want} at init; give masks with that count or "
+          f"change sparsity.")
 
 
 def _zero_where(value: Any, reset: Any) -> Any:
@@ -272,8 +315,20 @@ def sparse(
     Evci et al., *Rigging the Lottery: Making All Tickets Winners*, arXiv 1911.11134 (masks in
     the optimizer, moment reset, dense-gradient growth); each rule's docstring names its paper.
   """
+  _validation.check_transformation("inner", inner)
   if not isinstance(rule, rules_lib.MaskRule):
     raise ValueError(f"rule must be a MaskRule (e.g. osp.rigl()); got {rule!r}.")
+  _validation.check_seed(seed)
+  from optax_sparse.masks import distributions as _dist  # noqa: PLC0415 - sibling module.
+
+  if distribution is not None and not isinstance(distribution, _dist.LayerDistribution):
+    raise TypeError(
+        f"distribution must be a LayerDistribution (osp.uniform(), osp.er(), osp.erk()) or "
+        f"None; got {distribution!r}.")
+  for flag_name, flag in (("sparse_gradients", sparse_gradients),
+                          ("skip_update_on_mask_step", skip_update_on_mask_step)):
+    if not isinstance(flag, bool):
+      raise TypeError(f"{flag_name} must be a bool; got {flag!r}.")
   if rule.scope == "pattern":
     if sparsity is not None:
       raise ValueError(
@@ -297,7 +352,9 @@ def sparse(
   inner = optax.with_extra_args_support(inner)
 
   def target_at(params, eligible, count):
-    s = None if sparsity is None else _hyperparams.evaluate(sparsity, count)
+    # Whatever a schedule returns, the rule sees a sparsity in [0, 1] (NaN read as 0; a mask
+    # update whose sparsity is NaN does not happen, see update_fn).
+    s = None if sparsity is None else _safe_sparsity(_hyperparams.evaluate(sparsity, count))[0]
     if distribution is None:
       densities = lambda s_: None  # noqa: E731 - global and pattern rules use no densities.
     else:
@@ -312,8 +369,16 @@ def sparse(
     return rule.init_masks(params, target_at(params, eligible, jnp.zeros([], jnp.int32)), key)
 
   def init_fn(params):
+    _validation.check_float_params(params)
+    inner_state = inner.init(params)
+    params = _validation.to_none(params)  # MaskedNode (optax.masked): a dense leaf, mask None.
     eligible = _eligibility.eligible_tree(where, params)
     count = jnp.zeros([], jnp.int32)
+    if sparsity is not None and callable(sparsity):
+      s0 = _concrete(lambda: _hyperparams.evaluate(sparsity, count))
+      if s0 is not None and not 0.0 <= s0 < 1.0:
+        raise ValueError(
+            f"sparsity must be in [0, 1); the schedule gives {s0!r} at step 0.")
     if distribution is not None and isinstance(sparsity, (int, float)) and jax.tree.leaves(params):
       distribution.check_target(params, sparsity, eligible)
     key = jax.random.PRNGKey(seed)
@@ -321,19 +386,29 @@ def sparse(
       # No array leaf (e.g. optax.tree.map_params's placeholder): nothing to mask.
       masks = jax.tree.map(lambda p: None, params)
     elif initial_masks is not None:
-      masks = _check_masks(initial_masks, params, eligible)
+      masks = _check_masks(_validation.to_none(initial_masks), params, eligible)
+      if rule.scope != "pattern":
+        _check_initial_counts(masks, initial_masks_jit(params, key), rule.scope, sparsity)
     else:
       masks = initial_masks_jit(params, key)
     return SparseState(
         count=count, masks=masks, key=key, rule_state=rule.init_state(params),
-        inner_state=inner.init(params))
+        inner_state=inner_state, skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    _validation.check_grads(grads, params)
+    raw_grads, raw_params = grads, params
+    # Non-finite policy (docs/nonfinite.md): a leaf with a NaN/Inf gradient or parameter is
+    # skipped; on a step with a skipped leaf, or a NaN sparsity, the masks do not change.
+    ok = _nonfinite.ok_tree(raw_grads, raw_params)
+    grads, params = _validation.to_none(grads), _validation.to_none(params)
     eligible = _eligibility.eligible_tree(where, params)
     masks, count = state.masks, state.count
-    is_mask_step = rule.is_update_step(count)
+    is_mask_step = rule.is_update_step(count) & _nonfinite.all_ok(ok)
+    if sparsity is not None:
+      is_mask_step = is_mask_step & _safe_sparsity(_hyperparams.evaluate(sparsity, count))[1]
 
     def change(rule_state):
       # Only the masks (and the rule's small state) leave the conditional; the parameters and
@@ -354,7 +429,7 @@ def sparse(
         lambda m, n: None if m is None else m != n, masks, new_masks, is_leaf=_is_none)
     # The reset is applied to the state *before* the inner update (all False on plain steps), so
     # that it fuses into the inner transformation's elementwise pass.
-    inner_state = reset_inner_state(inner, state.inner_state, changed, params)
+    inner_state = reset_inner_state(inner, state.inner_state, changed, raw_params)
 
     def inner_grad(m, n, g):
       if m is None:
@@ -366,10 +441,10 @@ def sparse(
         return jnp.where(m != n, jnp.zeros_like(g), g)
       return g
 
-    inner_grads = jax.tree.map(inner_grad, masks, new_masks, grads, is_leaf=_is_none)
+    inner_grads = jax.tree.map(inner_grad, masks, new_masks, raw_grads, is_leaf=_is_none)
     extra_args.pop("masks", None)
-    updates, new_inner_state = inner.update(
-        inner_grads, inner_state, params, masks=new_masks, **extra_args)
+    updates, new_inner_state = _nonfinite.guard(
+        inner, inner_grads, inner_state, raw_params, ok, masks=new_masks, **extra_args)
     if skip_update_on_mask_step:
       # The official RigL / SET step: no optimizer step on a mask-update iteration (only the
       # projection onto the new masks); the inner state is kept, with the reset applied.
@@ -377,11 +452,14 @@ def sparse(
           lambda u: jnp.where(is_mask_step, jnp.zeros_like(u), u), updates)
       new_inner_state = jax.tree.map(
           lambda old, new: jnp.where(is_mask_step, old, new), inner_state, new_inner_state)
+    ok_n = _validation.to_none(ok)
     updates = jax.tree.map(
-        lambda m, n, u, p: u if m is None else jnp.where(m & n, u, -p).astype(p.dtype),
-        masks, new_masks, updates, params, is_leaf=_is_none)
+        lambda m, n, u, p, k: u if m is None
+        else jnp.where(k, jnp.where(m & n, u, -p), jnp.zeros_like(u)).astype(p.dtype),
+        masks, new_masks, updates, params, ok_n, is_leaf=_is_none)
     return updates, SparseState(
         count=optax.safe_increment(count), masks=new_masks, key=state.key,
-        rule_state=rule_state, inner_state=new_inner_state)
+        rule_state=rule_state, inner_state=new_inner_state,
+        skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,4 +1,4 @@
-"""The m⊙w reparameterization shared by Sign-In and PILoT (METHODS.md §4.4(c), §7, §8).
+"""The m⊙w reparameterization shared by Sign-In and PILoT (see the Sign-In and PILoT method pages).
 
 Each eligible leaf is written ``theta = m * w`` with factors kept in float32 in the optimizer
 state. A base optimizer acts on the factor tree ``(M, W)``: for an eligible leaf ``M`` holds

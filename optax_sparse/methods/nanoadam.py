@@ -11,7 +11,7 @@ NeurIPS 2025), Algorithm 1. Per weight matrix ``W`` (``n`` entries) with density
 Leaves marked ``dense`` (by default every leaf with ``ndim < 2``: biases, normalization scales)
 are updated densely with plain, bias-corrected Adam (``optax.adam``'s rule).
 
-Library decisions and open points (METHODS.md §9, §13 #11):
+Library decisions where the paper leaves a choice (see :doc:`/methods/nanoadam`):
 
 * **Compressed state.** For each selected leaf the state keeps only ``k_max`` slots: int32 flat
   indices (strictly ascending; unused slots hold ``n + slot``, out of range), ``mu`` and ``nu``
@@ -228,7 +228,9 @@ def nanoadam(
       rho_max = float(max_density)
     else:
       try:
-        rho_max = float(evaluate(density, jnp.zeros([], jnp.int32)))
+        # Eagerly, so that init also runs under jax.jit (a sharded init) or jax.eval_shape.
+        with jax.ensure_compile_time_eval():
+          rho_max = float(evaluate(density, jnp.zeros([], jnp.int32)))
       except jax.errors.ConcretizationTypeError:
         raise ValueError(
             "density is traced at init; pass max_density to size the compressed state."

@@ -12,23 +12,23 @@ Each eligible leaf is trained as ``theta = m * w`` (real factors) on ``f(m w) + 
 
     m0 = sqrt((beta + sqrt(beta**2 + 4 theta0**2)) / 2),      w0 = theta0 / m0.
 
-Mirror view (derivation, METHODS.md §4.4(c)): the flow conserves ``u v`` up to decay, with
+Mirror view (our derivation, :doc:`/methods/pilot`): the flow conserves ``u v`` up to decay, with
 ``u, v = (m +- w)/sqrt 2``; ``theta = (gamma_t / 2) sinh(psi)``, ``d psi/dt = -2 g``,
 ``gamma_t = beta exp(-2 int lam)``. This is mirror flow with the hyperbolic entropy of scale
 ``a_t = gamma_t / 2`` and ``grad phi_t = arcsinh(theta / a_t) / 2``, so that
 ``d theta/dt = -sqrt(4 theta**2 + gamma_t**2) g - 2 lam theta``. :func:`pilot_mirror` takes that
 step directly: ``theta' = (a_{t+1}/a_t) * a_t sinh(arcsinh(theta/a_t) - 2 eta g)`` with
-``a_{t+1} = a_t exp(-2 eta lam)``. (METHODS.md's potential row writes ``a_t = 2 u0 v0 ...`` with
-``a_t sinh(2z + log(u0/v0))``; our derivation gives ``u0 v0 = beta / 2`` as the scale, the same
-``gamma / 2`` as §4.4(c). The constant ``log(u0/v0)`` only fixes the origin of the dual variable
-and cancels in a step.)
+``a_{t+1} = a_t exp(-2 eta lam)``. (Written with ``u0, v0`` as ``a_t sinh(2z + log(u0/v0))``, the
+scale is ``u0 v0 = beta / 2``, the same ``gamma / 2`` as above. The constant ``log(u0/v0)`` only
+fixes the
+origin of the dual variable and cancels in a step.)
 
 Adaptive schedule (Algorithm 1) at each epoch boundary ``k`` (the step after which
 ``(count + 1) % steps_per_epoch == 0``)::
 
     if acc_k > best and ||m w||_1 >= K and k <= T/2:  lam <- delta * lam   else: lam <- lam / delta
 
-Library decisions and open points (METHODS.md §7, §13 #9; proposed defaults):
+Library decisions where the paper leaves a choice (see :doc:`/methods/pilot`):
 
 * the training accuracy enters as the extra ``update`` argument ``train_accuracy`` (as
   ``optax.contrib.reduce_on_plateau`` takes ``value``): the accuracy of the epoch that ends with

@@ -14,7 +14,7 @@ parameters (``theta`` unchanged)::
 
     m = sqrt((gamma + sqrt(gamma**2 + 4 theta**2)) / 2),    w = theta / m.
 
-Library decisions (METHODS.md §8, none public; proposed defaults):
+Library decisions (the paper does not state them; see :doc:`/methods/sign_in`):
 
 * the reset period is given in steps (the paper resets every epoch: pass steps per epoch);
 * init is ``split(theta_0; gamma)``; the reset happens before the step whose count is a positive

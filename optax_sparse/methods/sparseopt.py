@@ -9,7 +9,7 @@ incoming gradient before any base optimizer::
     s_i = 1 - active_fan_in_i / fan_in,     s_bar = mean_i s_i,
     g~[..., i] = sqrt(1 - s_i) / sqrt(max(1 - s_bar, eps)) * g[..., i].
 
-Library decisions and open points (METHODS.md §10, §13 #12; proposed defaults):
+Library decisions where the paper leaves a choice (see :doc:`/methods/sparseopt`):
 
 * **Output axis.** ``axis=-1``: the last axis indexes output neurons, as in Flax kernels
   ``Dense (in, out)`` and ``Conv (kh, kw, in, out)``; fan-in is the product of the other axes

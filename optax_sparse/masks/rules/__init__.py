@@ -18,31 +18,32 @@ Each mask change keeps an exact count: k = max(1, round(n·density)) per leaf
 (``select.count_for_density``) or the same total over all eligible leaves for global rules. All
 selections go through ``optax_sparse.masks.select`` (no sort; ties by lower flat index).
 
-Rules and their papers (METHODS.md §12):
+Rules and their papers (one page each under :doc:`/methods/index`):
 
-* :func:`one_shot_magnitude` (§12.1): M = top-k(|θ|) per leaf at ``at_step``; fixed afterwards.
-* :func:`gradual_magnitude` (§12.2, Zhu & Gupta, arXiv 1710.01878):
+* :func:`one_shot_magnitude`: M = top-k(|θ|) per leaf at ``at_step``; fixed afterwards.
+* :func:`gradual_magnitude` (Zhu & Gupta, arXiv 1710.01878):
   s_t = s_f + (s_i − s_f)(1 − (t − t₀)/(t_end − t₀))³ at t ∈ {t₀, t₀ + Δt, …, t_end}; pruning by
-  |θ| among the active entries only (pruned stay pruned). Library decision (open point 13):
+  |θ| among the active entries only (pruned stay pruned). Library decision (the sources differ):
   s_i = 0, Δt = 100 steps, ``begin_step``/``end_step`` required; ``end_step`` itself is always an
   event so that s_f is reached even when Δt does not divide the window.
-* :func:`global_magnitude` (§12.3): one top-k over all eligible leaves; optional per-leaf L2
-  normalization of the scores (jaxpruner's default), off by default (open point 14).
-* :func:`static_random` (§12.5): a random mask at init, never updated (pruning at
+* :func:`global_magnitude`: one top-k over all eligible leaves; optional per-leaf L2
+  normalization of the scores (jaxpruner's default), off
+  by default (see :doc:`/methods/magnitude`).
+* :func:`static_random`: a random mask at init, never updated (pruning at
   initialization; jaxpruner ``static_sparse``).
-* :func:`set_` (§12.6, Mocanu et al., arXiv 1707.04780): every ΔT steps drop the fraction ζ_t of
+* :func:`set_` (Mocanu et al., arXiv 1707.04780): every ΔT steps drop the fraction ζ_t of
   active weights with the smallest |θ|, regrow as many uniformly at random among the inactive.
-* :func:`rigl` (§12.7, Evci et al., arXiv 1911.11134): every ΔT steps while t ≤ T_end, per leaf
+* :func:`rigl` (Evci et al., arXiv 1911.11134): every ΔT steps while t ≤ T_end, per leaf
   k = ⌊f(t)·n_active⌋ (n_active = (1 − s_l)n_l), f(t) = (ζ/2)(1 + cos(πt/T_end)); drop the k
   active weights with the smallest |θ| (+ N(0, 10⁻⁵) tie-break noise, as the official code), grow
   the k inactive-after-drop entries with the largest |g| of the raw dense gradient (entries kept
   after the drop are lifted out of the grow ranking).
-* :func:`acdc` (§12.8, Peste et al., arXiv 2106.12379): alternating dense / sparse phases; each
+* :func:`acdc` (Peste et al., arXiv 2106.12379): alternating dense / sparse phases; each
   compression is a global magnitude top-k to the target; at decompression every weight is active
   again and the pruned ones restart from exactly 0.
-* :func:`nm` (§12.9): one-shot N:M magnitude pattern (n kept in every m consecutive entries
-  along ``axis``, default −2 = fan-in of Flax kernels, open point 17).
-* :func:`sr_ste` (§12.9, Zhou et al., arXiv 2102.04010; MDGF, Bambhaniya et al., arXiv
+* :func:`nm`: one-shot N:M magnitude pattern (n kept in every m consecutive entries
+  along ``axis``, default −2 = fan-in of Flax kernels, see :doc:`/methods/nm`).
+* :func:`sr_ste` (Zhou et al., arXiv 2102.04010; MDGF, Bambhaniya et al., arXiv
   2402.04744): dynamic N:M needs dense shadow weights, so it is its own transformation wrapping an
   inner optimizer (not a ``sparse()`` rule): see its docstring.
 

@@ -35,8 +35,9 @@ def acdc(
   sparsity (all eligible leaves); at every switch to a dense phase all entries are active again
   and the pruned weights restart from exactly 0. ``sparse()`` zeroes the inner optimizer's
   per-parameter state of every entry whose mask changes: at compression the moments of newly
-  masked entries (open point 16), at decompression those of the returning ones. The update with
-  count t sets the masks for phase(t + 1); masks at init follow phase(0).
+  masked entries (a library decision, :doc:`/methods/acdc`), at decompression those of the
+  returning ones. The update with count t sets the masks for phase(t + 1); masks at init follow
+  phase(0).
 
   The paper's ImageNet schedule (100 epochs, T steps): dense warm-up 10% (``warmup_steps =
   0.1T``), then sparse 5% / dense 5% (``sparse_steps = dense_steps = 0.05T``) until 75%

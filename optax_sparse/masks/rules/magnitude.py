@@ -79,7 +79,7 @@ def global_magnitude(at_step: int = 0, *, normalize: bool = False) -> MaskRule:
   Args:
     at_step: the update count at which to prune (0: at init from the initial parameters).
     normalize: divide each leaf's scores by its L2 norm first (jaxpruner's default); off by
-      default (open point 14).
+      default (:doc:`/methods/magnitude`).
 
   Returns:
     A :class:`MaskRule` with ``scope="global"``.

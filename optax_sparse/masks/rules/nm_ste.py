@@ -40,7 +40,7 @@ def nm(n: int = 2, m: int = 4, axis: int = -2, *, at_step: int = 0) -> MaskRule:
   The sparsity is 1 − n/m, fixed by the pattern: ``sparse()`` takes ``sparsity=None``. Every
   eligible leaf must have an ``axis`` length divisible by m (``ValueError`` at init). Default
   axis −2, the fan-in of Flax kernels ``(in, out)`` / ``(kh, kw, in, out)`` that 2:4 sparse
-  tensor cores need (open point 17). With a fixed mask the pruned weights are 0, so re-ranking
+  tensor cores need (:doc:`/methods/nm`). With a fixed mask the pruned weights are 0, so re-ranking
   them is meaningless: N:M *training* with a mask that moves needs dense shadow weights, which
   :func:`sr_ste` keeps.
 
