@@ -5,11 +5,13 @@ Every public factory returns an ``optax.GradientTransformationExtraArgs`` with a
 ``optax.MultiSteps``, ``optax.inject_hyperparams``, ``jax.lax.cond`` and under ``jax.jit``.
 """
 
-from optax_sparse import geometry, kernels, masks, methods
+from optax_sparse import geometry, kernels, masks, methods, sharding
 from optax_sparse.compose import ComposeState, compose
 from optax_sparse.geometry import *  # noqa: F403 - each subpackage has an explicit __all__
 from optax_sparse.masks import *  # noqa: F403
 from optax_sparse.methods import *  # noqa: F403
+from optax_sparse.sharding import Collective, collectives, state_shardings
+from optax_sparse.report import LeafReport, SparsityReport, connectivity_image, sparsity_report
 
 __version__ = "0.1.0"
 
@@ -20,7 +22,15 @@ __all__ = [
     "kernels",
     "masks",
     "methods",
+    "sharding",
+    "Collective",
+    "collectives",
+    "state_shardings",
     *geometry.__all__,
     *masks.__all__,
     *methods.__all__,
+    "LeafReport",
+    "SparsityReport",
+    "connectivity_image",
+    "sparsity_report",
 ]
