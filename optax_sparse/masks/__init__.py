@@ -1,5 +1,6 @@
 """Masks: selection, layer densities, scores, rules and the mask-owning combinator."""
 
+from optax_sparse.masks import groups
 from optax_sparse.masks.distributions import LayerDistribution, er, erk, uniform
 from optax_sparse.masks.finetune import KeepMaskState, fixed_mask, keep_mask, merge_masked
 from optax_sparse.masks.rules import (
@@ -36,6 +37,7 @@ from optax_sparse.masks.select import (
 from optax_sparse.masks.sparse import SparseState, get_masks, sparse
 
 __all__: list[str] = [
+    "groups",
     "MaskRule",
     "SrSteState",
     "Target",

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_sparse.masks import groups as groups_lib
 from optax_sparse.masks import select
 
 __all__ = ["MaskRule", "Target"]
@@ -99,50 +100,94 @@ def _check_step(name: str, value: Any, low: int = 0) -> None:
     raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
 
 
-def _layer_magnitude_masks(params: Any, target: Any, densities: Any, masks: Any = None) -> Any:
-  """Per-leaf top-k of |θ| at ``densities``; restricted to ``masks`` when given."""
-  template = _template(target.eligible, params)
+def _groupings(groups: Any, params: Any, target: Target) -> Any:
+  """The per-leaf groupings of a rule's ``groups`` argument (``groups.resolve``)."""
+  return groups_lib.resolve(groups, params, target.eligible)
 
-  def leaf(p, d, m):
-    scores = _magnitude(p)
-    if m is not None:
-      scores = _exclude(scores, m)
-    return select.select_top_k(scores, select.count_for_density(p.size, d))
+
+def _layer_select(grouping: Any, scores: jax.Array, density: Any, allowed: Any = None) -> jax.Array:
+  """The entry mask keeping the top units of ``scores`` at ``density`` (among ``allowed``).
+
+  The one selection path of every layer rule: unit scores (``groups.units``), exclusion of the
+  units that are not allowed, exact top-k per row, expansion back to the entries.
+  """
+  u = groups_lib.units(grouping, scores)
+  if allowed is not None:
+    u = _exclude(u, groups_lib.unit_mask(grouping, allowed))
+  keep = groups_lib.select_units(u, groups_lib.unit_counts(grouping, scores.shape, density))
+  return groups_lib.expand(grouping, keep, scores.shape)
+
+
+def _layer_magnitude_masks(
+    params: Any, target: Any, densities: Any, masks: Any = None, groups: Any = None
+) -> Any:
+  """Per-leaf top-k of |θ| (per unit of ``groups``) at ``densities``; within ``masks`` if given."""
+  template = _template(target.eligible, params)
+  gtree = _groupings(groups, params, target)
+
+  def leaf(p, d, g, m):
+    return _layer_select(g, _magnitude(p), d, m)
 
   if masks is None:
-    return _leafwise(lambda p, d: leaf(p, d, None), template, densities)
-  return _leafwise(lambda p, d, m: leaf(p, d, m), template, densities, masks)
+    return _leafwise(lambda p, d, g: leaf(p, d, g, None), template, densities, gtree)
+  return _leafwise(leaf, template, densities, gtree, masks)
 
 
-def _global_count(template: Any, sparsity: Any) -> jax.Array:
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(template))
+def _check_global(gtree: Any) -> None:
+  for g in jax.tree.leaves(gtree):
+    if g.within:
+      raise ValueError(
+          "groups: a global rule selects whole groups; a grouping that selects within groups "
+          f"({g!r}) needs a layer rule.")
+
+
+def _global_count(template: Any, sparsity: Any, gtree: Any = None) -> jax.Array:
+  if gtree is None:
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(template))
+  else:
+    n = sum(g.layout(x.shape)[0] for g, x in zip(
+        jax.tree.leaves(gtree), jax.tree.leaves(template), strict=True))
   return select.count_for_density(n, 1.0 - jnp.asarray(sparsity, jnp.float32))
 
 
-def _global_magnitude_masks(params: Any, target: Target, normalize: bool) -> Any:
+def _global_magnitude_masks(
+    params: Any, target: Target, normalize: bool, groups: Any = None, masks: Any = None
+) -> Any:
+  """One top-k of the (group) magnitudes over all eligible leaves; within ``masks`` if given."""
   template = _template(target.eligible, params)
+  gtree = _groupings(groups, params, target)
+  _check_global(gtree)
 
-  def score(p):
-    s = _magnitude(p)
+  def score(p, g, m):
+    s = groups_lib.units(g, _magnitude(p))[0]
     if normalize:
       finite = jnp.where(jnp.isfinite(s), s, 0.0)
       s = s / jnp.maximum(jnp.sqrt(jnp.sum(finite * finite)), jnp.finfo(jnp.float32).tiny)
+    if m is not None:
+      s = _exclude(s, groups_lib.unit_mask(g, m)[0])
     return s
 
-  scores = jax.tree.map(lambda p: None if p is None else score(p), template, is_leaf=_is_none)
-  return select.select_top_k_global(scores, _global_count(template, target.sparsity))
+  if masks is None:
+    scores = _leafwise(lambda p, g: score(p, g, None), template, gtree)
+  else:
+    scores = _leafwise(score, template, gtree, masks)
+  keep = select.select_top_k_global(scores, _global_count(template, target.sparsity, gtree))
+  return _leafwise(lambda p, g, k: groups_lib.expand(g, k, p.shape), template, gtree, keep)
 
 
-def _random_masks(params: Any, target: Target, key: jax.Array) -> Any:
+def _random_masks(params: Any, target: Target, key: jax.Array, groups: Any = None) -> Any:
+  """Per-leaf uniformly random units at the distribution's densities."""
   template = _template(target.eligible, params)
+  gtree = _groupings(groups, params, target)
   keys = _leaf_keys(key, template)
   densities = target.densities(target.sparsity)
 
-  def leaf(p, k, d):
-    u = jax.random.uniform(k, p.shape, jnp.float32)
-    return select.select_top_k(u, select.count_for_density(p.size, d))
+  def leaf(p, k, d, g):
+    u = jax.random.uniform(k, g.unit_shape(p.shape), jnp.float32)
+    keep = groups_lib.select_units(u, groups_lib.unit_counts(g, p.shape, d))
+    return groups_lib.expand(g, keep, p.shape)
 
-  return _leafwise(leaf, template, keys, densities)
+  return _leafwise(leaf, template, keys, densities, gtree)
 
 
 def _all_true(params: Any, target: Target) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from optax_sparse.masks import groups as groups_lib
 from optax_sparse.masks.rules._base import (
   MaskRule,
   _all_true,
@@ -22,6 +23,7 @@ def acdc(
     dense_steps: int,
     alternate_until: int,
     final_sparse_from: int,
+    groups: groups_lib.GroupsArg = None,
 ) -> MaskRule:
   """AC/DC: alternating compressed (sparse) and decompressed (dense) phases.
 
@@ -50,6 +52,8 @@ def acdc(
     dense_steps: L_d >= 1, length of each alternating dense phase.
     alternate_until: t_a >= t_w, end of the alternation.
     final_sparse_from: t_f >= t_a, start of the final sparse phase.
+    groups: the grouping (``osp.groups``; None: unstructured): each compression keeps the top
+      groups by reduced |θ| over all leaves (a global budget counted in groups).
 
   Returns:
     A :class:`MaskRule` with ``scope="global"``.
@@ -75,6 +79,7 @@ def acdc(
   _check_step("dense_steps", dense_steps, low=1)
   _check_step("alternate_until", alternate_until, low=warmup_steps)
   _check_step("final_sparse_from", final_sparse_from, low=alternate_until)
+  groups_lib.check("groups", groups)
 
   def is_sparse(t):
     t = jnp.asarray(t, jnp.int32)
@@ -85,7 +90,7 @@ def acdc(
   def init_masks(params, target, key):
     del key
     dense = _all_true(params, target)
-    sparse = _global_magnitude_masks(params, target, False)
+    sparse = _global_magnitude_masks(params, target, False, groups)
     return _leafwise(lambda d, s: jnp.where(is_sparse(0), s, d), dense, sparse)
 
   def is_update_step(count):
@@ -94,7 +99,7 @@ def acdc(
   def update_masks(masks, params, grads, count, key, target, rule_state):
     del grads, key
     compress = is_sparse(count + 1)
-    sparse = _global_magnitude_masks(params, target, False)
+    sparse = _global_magnitude_masks(params, target, False, groups)
     new = _leafwise(lambda m, s: jnp.where(compress, s, True), masks, sparse)
     return new, rule_state
 

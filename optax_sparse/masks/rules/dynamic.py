@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import optax
 
 from optax_sparse import _hyperparams
-from optax_sparse.masks import select
+from optax_sparse.masks import groups as groups_lib
 from optax_sparse.masks.rules._base import (
   MaskRule,
   _check_step,
   _exclude,
+  _groupings,
   _leaf_keys,
   _leafwise,
   _magnitude,
@@ -40,9 +41,11 @@ def _drop_fraction_schedule(
   return cosine
 
 
-def _periodic(every: int, end_step: int | None) -> Callable[[Any], Any]:
+def _periodic(every: int, end_step: int | None, begin_step: int = 0) -> Callable[[Any], Any]:
   def is_update_step(count):
     due = count % every == 0
+    if begin_step:
+      due = due & (count >= begin_step)
     if end_step is not None:
       due = due & (count <= end_step)
     return due
@@ -50,52 +53,54 @@ def _periodic(every: int, end_step: int | None) -> Callable[[Any], Any]:
   return is_update_step
 
 
-def _drop_grow_leaf(
-    mask: jax.Array, theta: jax.Array, grow_scores: jax.Array, fraction: Any,
-    drop_noise: jax.Array | None,
+def _drop_grow_units(
+    mask: jax.Array, drop_scores: jax.Array, grow_scores: jax.Array, fraction: Any,
 ) -> jax.Array:
-  """Drops ⌊f·n_active⌋ smallest-|θ| active entries and grows as many by ``grow_scores``."""
-  n_active = jnp.sum(mask, dtype=jnp.int32)
+  """Per row of units: drops ⌊f·n_active⌋ lowest active units, grows as many by ``grow_scores``."""
+  n_active = jnp.sum(mask, axis=1, dtype=jnp.int32)
   n_drop = jnp.floor(n_active.astype(jnp.float32) * fraction).astype(jnp.int32)
-  drop_scores = _magnitude(theta)
-  if drop_noise is not None:
-    drop_scores = drop_scores + drop_noise
-  kept = select.select_top_k(_exclude(drop_scores, mask), n_active - n_drop)
+  kept = groups_lib.select_units(_exclude(drop_scores, mask), n_active - n_drop)
   grow = jnp.where(jnp.isfinite(grow_scores), grow_scores, -jnp.inf)
-  grown = select.select_top_k(_exclude(grow, ~kept), n_drop)
+  grown = groups_lib.select_units(_exclude(grow, ~kept), n_drop)
   return kept | grown
 
 
 def _dynamic_rule(
-    name: str, drop_fraction: Any, every: int, end_step: int | None, grow: str, noise_std: float
+    name: str, drop_fraction: Any, every: int, end_step: int | None, grow: str, noise_std: float,
+    begin_step: int = 0, groups: Any = None,
 ) -> MaskRule:
   _check_step("every", every, low=1)
+  _check_step("begin_step", begin_step)
   if end_step is not None:
     _check_step("end_step", end_step, low=1)
   _hyperparams.check_scalar("noise_std", noise_std, low=0.0, allow_schedule=False)
+  groups_lib.check("groups", groups)
   fraction_at = _drop_fraction_schedule("drop_fraction", drop_fraction, end_step)
 
   def init_masks(params, target, key):
-    return _random_masks(params, target, key)
+    return _random_masks(params, target, key, groups)
 
   def update_masks(masks, params, grads, count, key, target, rule_state):
     fraction = fraction_at(count)
     leaf_keys = _leaf_keys(key, masks)
+    gtree = _groupings(groups, params, target)
 
-    def leaf(m, p, g, k):
+    def leaf(m, p, g, k, grouping):
       k_noise, k_grow = jax.random.split(k)
-      noise = None
+      shape = grouping.unit_shape(m.shape)
+      drop = groups_lib.units(grouping, _magnitude(p))
       if noise_std > 0.0:
-        noise = noise_std * jax.random.normal(k_noise, m.shape, jnp.float32)
+        drop = drop + noise_std * jax.random.normal(k_noise, shape, jnp.float32)
       if grow == "random":
-        scores = jax.random.uniform(k_grow, m.shape, jnp.float32)
+        scores = jax.random.uniform(k_grow, shape, jnp.float32)
       else:
-        scores = jnp.abs(jnp.asarray(g, jnp.float32))
-      return _drop_grow_leaf(m, p, scores, fraction, noise)
+        scores = groups_lib.units(grouping, jnp.abs(jnp.asarray(g, jnp.float32)))
+      new = _drop_grow_units(groups_lib.unit_mask(grouping, m), drop, scores, fraction)
+      return groups_lib.expand(grouping, new, m.shape)
 
-    return _leafwise(leaf, masks, params, grads, leaf_keys), rule_state
+    return _leafwise(leaf, masks, params, grads, leaf_keys, gtree), rule_state
 
-  return MaskRule(name, init_masks, _periodic(every, end_step), update_masks)
+  return MaskRule(name, init_masks, _periodic(every, end_step, begin_step), update_masks)
 
 
 def set_(
@@ -104,6 +109,8 @@ def set_(
     end_step: int | None = None,
     *,
     noise_std: float = 0.0,
+    begin_step: int = 0,
+    groups: groups_lib.GroupsArg = None,
 ) -> MaskRule:
   """SET: drop the smallest active weights, regrow as many uniformly at random.
 
@@ -124,6 +131,11 @@ def set_(
     end_step: T_end, last step with mask updates (None: never stops).
     noise_std: std of N(0, σ²) noise added to the drop scores to break ties (default 0; the
       RigL code's SET uses its ``noise_std`` flag).
+    begin_step: no mask update before this count (jaxpruner's ``update_start_step``: updates at
+      t with t mod ΔT = 0 and t >= ``begin_step``); default 0.
+    groups: the grouping (``osp.groups``; None: unstructured): whole groups are dropped by their
+      reduced |θ| and regrown at random; with a within-groups grouping every group drops and
+      regrows the same number of its members.
 
   Returns:
     A :class:`MaskRule` for :func:`optax_sparse.sparse`.
@@ -142,7 +154,8 @@ def set_(
     Mocanu et al., *Scalable Training of Artificial Neural Networks with Adaptive Sparse
     Connectivity Inspired by Network Science*, arXiv 1707.04780.
   """
-  return _dynamic_rule("set", drop_fraction, every, end_step, "random", noise_std)
+  return _dynamic_rule("set", drop_fraction, every, end_step, "random", noise_std, begin_step,
+                       groups)
 
 
 def rigl(
@@ -151,6 +164,8 @@ def rigl(
     end_step: int | None = None,
     *,
     noise_std: float = 1e-5,
+    begin_step: int = 0,
+    groups: groups_lib.GroupsArg = None,
 ) -> MaskRule:
   """RigL: drop the smallest active weights, grow where the dense gradient is largest.
 
@@ -175,6 +190,12 @@ def rigl(
     every: ΔT >= 1 (default 100).
     end_step: T_end, the last step with mask updates (paper: 0.75·T); None never stops.
     noise_std: tie-break noise std on the drop scores (default 1e-5; 0 disables it).
+    begin_step: no mask update before this count (jaxpruner's ``update_start_step``: updates at
+      t with t mod ΔT = 0 and t >= ``begin_step``); the cosine decay still reads t / T_end.
+    groups: the grouping (``osp.groups``; None: unstructured). Whole groups: drop the groups
+      with the smallest reduced |θ|, grow the groups with the largest reduced |g| of the dense
+      gradient. ``osp.groups.fan_in()``: constant fan-in (SRigL): in every output neuron drop
+      ⌊f·k⌋ of its k active inputs by |θ| and grow as many by |g|, so every neuron keeps k.
 
   Returns:
     A :class:`MaskRule` for :func:`optax_sparse.sparse`.
@@ -191,6 +212,8 @@ def rigl(
 
   References:
     Evci, Gale, Menick, Castro, Elsen, *Rigging the Lottery: Making All Tickets Winners*,
-    arXiv 1911.11134.
+    arXiv 1911.11134. Lasby et al., *Dynamic Sparse Training with Structured Sparsity*,
+    arXiv 2305.02299 (constant fan-in; its neuron ablation is not implemented).
   """
-  return _dynamic_rule("rigl", drop_fraction, every, end_step, "gradient", noise_std)
+  return _dynamic_rule("rigl", drop_fraction, every, end_step, "gradient", noise_std,
+                       begin_step, groups)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from optax_sparse.masks import groups as groups_lib
 from optax_sparse.masks.rules._base import (
   MaskRule,
   _all_true,
@@ -18,7 +19,7 @@ from optax_sparse.masks.rules._base import (
 __all__ = ["global_magnitude", "one_shot_magnitude", "static_random"]
 
 
-def one_shot_magnitude(at_step: int = 0) -> MaskRule:
+def one_shot_magnitude(at_step: int = 0, *, groups: groups_lib.GroupsArg = None) -> MaskRule:
   """One-shot magnitude pruning: M = top-k(|θ|) per leaf once, fixed afterwards.
 
   .. math::
@@ -30,6 +31,8 @@ def one_shot_magnitude(at_step: int = 0) -> MaskRule:
 
   Args:
     at_step: the update count at which to prune (an int >= 0).
+    groups: the grouping (``osp.groups``; None: unstructured): every leaf keeps its top groups
+      by the group's reduced |θ| (see :doc:`/structured`).
 
   Returns:
     A :class:`MaskRule` for :func:`optax_sparse.sparse`.
@@ -46,11 +49,13 @@ def one_shot_magnitude(at_step: int = 0) -> MaskRule:
     Zhu, Gupta, *To prune, or not to prune*, arXiv 1710.01878.
   """
   _check_step("at_step", at_step)
+  groups_lib.check("groups", groups)
 
   def init_masks(params, target, key):
     del key
     if at_step == 0:
-      return _layer_magnitude_masks(params, target, target.densities(target.sparsity))
+      return _layer_magnitude_masks(
+          params, target, target.densities(target.sparsity), groups=groups)
     return _all_true(params, target)
 
   def is_update_step(count):
@@ -58,14 +63,17 @@ def one_shot_magnitude(at_step: int = 0) -> MaskRule:
 
   def update_masks(masks, params, grads, count, key, target, rule_state):
     del masks, grads, count, key
-    return _layer_magnitude_masks(params, target, target.densities(target.sparsity)), rule_state
+    densities = target.densities(target.sparsity)
+    return _layer_magnitude_masks(params, target, densities, groups=groups), rule_state
 
   return MaskRule("one_shot_magnitude", init_masks, is_update_step, update_masks)
 
 
 
 
-def global_magnitude(at_step: int = 0, *, normalize: bool = False) -> MaskRule:
+def global_magnitude(
+    at_step: int = 0, *, normalize: bool = False, groups: groups_lib.GroupsArg = None
+) -> MaskRule:
   """One-shot global magnitude pruning: one top-k of |θ| over all eligible leaves.
 
   .. math::
@@ -80,6 +88,10 @@ def global_magnitude(at_step: int = 0, *, normalize: bool = False) -> MaskRule:
     at_step: the update count at which to prune (0: at init from the initial parameters).
     normalize: divide each leaf's scores by its L2 norm first (jaxpruner's default); off by
       default (:doc:`/methods/magnitude`).
+    groups: the grouping (``osp.groups``; None: unstructured): one top-k of the groups' reduced
+      |θ| over all leaves; the budget counts groups, k = max(1, round((1 − s)·Σ_l G_l)), so the
+      entry sparsity is exactly s only when every leaf has the same group size. Within-groups
+      groupings (``fan_in``) are refused (ValueError at init).
 
   Returns:
     A :class:`MaskRule` with ``scope="global"``.
@@ -97,11 +109,12 @@ def global_magnitude(at_step: int = 0, *, normalize: bool = False) -> MaskRule:
   """
   _check_step("at_step", at_step)
   normalize = bool(normalize)
+  groups_lib.check("groups", groups)
 
   def init_masks(params, target, key):
     del key
     if at_step == 0:
-      return _global_magnitude_masks(params, target, normalize)
+      return _global_magnitude_masks(params, target, normalize, groups)
     return _all_true(params, target)
 
   def is_update_step(count):
@@ -109,18 +122,22 @@ def global_magnitude(at_step: int = 0, *, normalize: bool = False) -> MaskRule:
 
   def update_masks(masks, params, grads, count, key, target, rule_state):
     del masks, grads, count, key
-    return _global_magnitude_masks(params, target, normalize), rule_state
+    return _global_magnitude_masks(params, target, normalize, groups), rule_state
 
   return MaskRule("global_magnitude", init_masks, is_update_step, update_masks, scope="global")
 
 
-def static_random() -> MaskRule:
+def static_random(*, groups: groups_lib.GroupsArg = None) -> MaskRule:
   """Static random sparsity: a uniformly random mask per leaf at init, never updated.
 
   .. math::
     M_l = \\operatorname{top}_{k_l}(U_l), \\quad U_l \\sim \\mathcal{U}(0, 1)^{n_l}
 
   The key is ``sparse()``'s seed; per-leaf densities come from the distribution.
+
+  Args:
+    groups: the grouping (``osp.groups``; None: unstructured): uniformly random whole groups
+      (or, within groups, the same number of random members in every group).
 
   Returns:
     A :class:`MaskRule` for :func:`optax_sparse.sparse`.
@@ -136,8 +153,9 @@ def static_random() -> MaskRule:
     Evci et al., *Rigging the Lottery: Making All Tickets Winners*, arXiv 1911.11134 (static
     baseline).
   """
+  groups_lib.check("groups", groups)
 
   def init_masks(params, target, key):
-    return _random_masks(params, target, key)
+    return _random_masks(params, target, key, groups)
 
   return MaskRule("static_random", init_masks, _no_update, _keep)

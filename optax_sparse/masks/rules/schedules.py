@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from optax_sparse import _hyperparams
+from optax_sparse.masks import groups as groups_lib
 from optax_sparse.masks.rules._base import (
   MaskRule,
   _check_step,
@@ -53,6 +54,7 @@ def gradual_magnitude(
     begin_step: int,
     end_step: int,
     frequency: int = 100,
+    groups: groups_lib.GroupsArg = None,
 ) -> MaskRule:
   """Gradual magnitude pruning (GMP) with Zhu & Gupta's cubic schedule.
 
@@ -70,6 +72,8 @@ def gradual_magnitude(
     begin_step: t₀ >= 0, the first pruning event.
     end_step: t_end > t₀, the last pruning event (always an event).
     frequency: Δt >= 1 steps between events (default 100).
+    groups: the grouping (``osp.groups``; None: unstructured): every leaf keeps its top groups
+      by the group's reduced |θ| (see :doc:`/structured`).
 
   Returns:
     A :class:`MaskRule` for :func:`optax_sparse.sparse`.
@@ -101,11 +105,12 @@ def gradual_magnitude(
   _check_step("frequency", frequency, low=1)
   if end_step <= begin_step:
     raise ValueError(f"end_step must be > begin_step = {begin_step}; got {end_step!r}.")
+  groups_lib.check("groups", groups)
 
   def init_masks(params, target, key):
     del key
     densities = target.densities(jnp.asarray(initial_sparsity, jnp.float32))
-    return _layer_magnitude_masks(params, target, densities)
+    return _layer_magnitude_masks(params, target, densities, groups=groups)
 
   def is_update_step(count):
     in_window = (count >= begin_step) & (count <= end_step)
@@ -114,6 +119,7 @@ def gradual_magnitude(
   def update_masks(masks, params, grads, count, key, target, rule_state):
     del grads, key
     s_t = gradual_sparsity(count, initial_sparsity, target.sparsity, begin_step, end_step)
-    return _layer_magnitude_masks(params, target, target.densities(s_t), masks), rule_state
+    densities = target.densities(s_t)
+    return _layer_magnitude_masks(params, target, densities, masks, groups), rule_state
 
   return MaskRule("gradual_magnitude", init_masks, is_update_step, update_masks)
