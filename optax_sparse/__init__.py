@@ -5,13 +5,22 @@ Every public factory returns an ``optax.GradientTransformationExtraArgs`` with a
 ``optax.MultiSteps``, ``optax.inject_hyperparams``, ``jax.lax.cond`` and under ``jax.jit``.
 """
 
-from optax_sparse import geometry, kernels, masks, methods, sharding
+from optax_sparse import export, geometry, kernels, masks, methods, sharding
 from optax_sparse.compose import ComposeState, compose
+from optax_sparse.export import (
+    CompressedParams,
+    compress,
+    decompress,
+    load_compressed,
+    save_compressed,
+    to_bcoo,
+    to_bcsr,
+)
 from optax_sparse.geometry import *  # noqa: F403 - each subpackage has an explicit __all__
 from optax_sparse.masks import *  # noqa: F403
 from optax_sparse.methods import *  # noqa: F403
-from optax_sparse.sharding import Collective, collectives, state_shardings
 from optax_sparse.report import LeafReport, SparsityReport, connectivity_image, sparsity_report
+from optax_sparse.sharding import Collective, collectives, state_shardings
 
 __version__ = "0.1.0"
 
@@ -33,4 +42,12 @@ __all__ = [
     "SparsityReport",
     "connectivity_image",
     "sparsity_report",
+    "export",
+    "CompressedParams",
+    "compress",
+    "decompress",
+    "load_compressed",
+    "save_compressed",
+    "to_bcoo",
+    "to_bcsr",
 ]
