@@ -18,15 +18,25 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
+
+from optax_sparse import _nonfinite, _validation
 
 __all__ = ["ComposeState", "compose"]
 
 
 class ComposeState(NamedTuple):
-  """State of :func:`compose`: one inner state per step, in order."""
+  """State of :func:`compose`: one inner state per step, in order.
+
+  Attributes:
+    inner_states: the steps' states, in order.
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (``docs/nonfinite.md``).
+  """
 
   inner_states: tuple[Any, ...]
+  skipped_leaves: jax.Array
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -71,25 +81,34 @@ def compose(*steps: optax.GradientTransformation) -> optax.GradientTransformatio
     raise ValueError("compose needs at least one step; got none.")
   for i, s in enumerate(steps):
     if not isinstance(s, optax.GradientTransformation):
-      raise ValueError(f"steps[{i}] must be an optax.GradientTransformation; got {s!r}.")
+      raise _validation.ArgumentTypeError(
+          f"steps[{i}] must be an optax.GradientTransformation; got {s!r}.")
   steps = tuple(optax.with_extra_args_support(s) for s in steps)
 
   def init_fn(params):
-    return ComposeState(inner_states=tuple(s.init(params) for s in steps))
+    _validation.check_float_params(params)
+    return ComposeState(inner_states=tuple(s.init(params) for s in steps),
+                        skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None and len(steps) > 1:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
-    grads = updates
+    _validation.check_grads(updates, params)
+    # Non-finite policy (docs/nonfinite.md): every step sees a skipped leaf as a zero gradient
+    # and a zero parameter, emits 0 there and keeps that leaf's state.
+    ok = _nonfinite.ok_tree(updates, params)
+    grads = _nonfinite.zero_bad(updates, ok)
     total = None
-    iterate = params
+    iterate = None if params is None else _nonfinite.zero_bad(params, ok)
     new_states = []
     for step, inner in zip(steps, state.inner_states, strict=True):
       u, s = step.update(grads, inner, iterate, **extra_args)
-      new_states.append(s)
+      u = _nonfinite.zero_bad(u, ok)
+      new_states.append(_nonfinite.keep_state(step, s, inner, ok, params))
       total = u if total is None else _add(total, u)
       if iterate is not None:
         iterate = optax.apply_updates(iterate, u)
-    return total, ComposeState(inner_states=tuple(new_states))
+    return total, ComposeState(inner_states=tuple(new_states),
+                               skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -96,9 +96,9 @@ def test_non_finite_gradient_never_corrupts_params(cap):
   grads["w"][1, 1] = np.inf
   updates, state = jax.jit(tx.update)(grads, state, params)
   assert int(state.skipped_leaves) == 2
-  # With a NaN-safe base, HAM keeps the parameters finite.
+  # HAM guards its base too: the parameters and the base state stay finite.
   grads["w"][1, 1] = np.nan
-  tx = osp.ham(optax.chain(optax.zero_nans(), optax.sgd(0.1)), learning_rate=0.1)
+  tx = osp.ham(optax.sgd(0.1, momentum=0.9), learning_rate=0.1)
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(grads, state, params)
   new = optax.apply_updates(params, updates)
@@ -119,11 +119,16 @@ def test_overflowing_result_reverts_entry(cap):
   assert int(state.skipped_leaves) == 0
 
 
-def test_cap_applies_to_skipped_leaf():
+def test_skipped_leaf_is_untouched_even_above_the_cap():
+  # The library's non-finite policy (docs/nonfinite.md): a skipped leaf emits exactly 0, the
+  # norm cap included; the next finite step caps it.
   params = {"w": np.full((2, 2), 10.0, np.float32)}
   grads = {"w": np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)}
   tx = osp.hyperbolic_step(0.1, max_weight_norm=5.0)
   updates, state = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(updates["w"], np.zeros((2, 2), np.float32))
+  assert int(state.skipped_leaves) == 1
+  updates, state = tx.update({"w": np.zeros((2, 2), np.float32)}, state, params)
   np.testing.assert_allclose(params["w"] + updates["w"], np.full((2, 2), 2.5), rtol=1e-6)
   assert int(state.skipped_leaves) == 1
 

@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams, kernels
+from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation, kernels
 from optax_sparse.compose import ComposeState, compose
 from optax_sparse.geometry.mirror import mirror_descent
 from optax_sparse.geometry.potentials import Potential
@@ -163,29 +163,38 @@ def _hyperbolic_update(
   lr = _hyperparams.evaluate(learning_rate, state.count)
   a = jnp.asarray(alpha, jnp.float32)
   b = jnp.asarray(beta, jnp.float32)
+  raw_grads = grads
+  # MaskedNode (optax.masked / multi_transform) positions are dense, untouched leaves here.
+  grads, params = _validation.to_none(grads), _validation.to_none(params)
   eligible = _eligibility.eligible_tree(where, params)
   use_pallas = kernels.resolve_backend(backend) == "pallas"
-  if base_updates is None:
-    base_updates = jax.tree.map(lambda p: None, params, is_leaf=lambda x: x is None)
-  if masks is None:
-    masks = jax.tree.map(lambda p: None, params, is_leaf=lambda x: x is None)
+  treedef = jax.tree.structure(params, is_leaf=lambda x: x is None)
+  none = [None] * treedef.num_leaves
+  p_l = treedef.flatten_up_to(params)
+  g_l = treedef.flatten_up_to(grads)
+  e_l = treedef.flatten_up_to(eligible)
+  ub_l = none if base_updates is None else treedef.flatten_up_to(
+      _validation.to_none(base_updates))
+  m_l = none if masks is None else treedef.flatten_up_to(_validation.to_none(masks))
   zero = jnp.zeros([], jnp.int32)
 
   def leaf(g, p, ub, elig, mask):
     if p is None:
       return None, zero
+    # Non-finite policy (docs/nonfinite.md): a leaf whose gradient or parameter is not finite
+    # emits exactly 0 and is counted.
+    ok = _nonfinite.finite(g) & _nonfinite.finite(p)
     p32 = p.astype(jnp.float32)
     # θ½ exactly as optax.apply_updates forms it (rounded to the parameters' dtype).
     h = p32 if ub is None else (p + ub).astype(p.dtype).astype(jnp.float32)
+    skipped = (~ok).astype(jnp.int32)
     if not elig:
       if max_weight_norm is None:
-        return (jnp.zeros_like(p) if ub is None else ub), zero
-      return _capped_minus(h, p32, max_weight_norm).astype(p.dtype), zero
+        u = jnp.zeros_like(p) if ub is None else ub
+      else:
+        u = _capped_minus(h, p32, max_weight_norm)
+      return jnp.where(ok, u, 0.0).astype(p.dtype), skipped
     g32 = g.astype(jnp.float32)
-    # One float reduction over the raw gradient, NaN iff some entry is not finite (g − g is 0
-    # or NaN). Cheaper on CPU than a boolean all(), and free of broadcast constants, which
-    # XLA CPU would materialize as full-size temporaries for the reduction.
-    ok = jnp.isfinite(jnp.sum(g32 - g32))
     if use_pallas:
       # The kernel forms θ½ = θ + u_base in float32 (for float32 parameters the same θ½).
       u_kernel = kernels.hyperbolic_mask_update(
@@ -200,15 +209,15 @@ def _hyperbolic_update(
         new = jnp.where(mask, new, 0.0)
     # With finite g and θ½ the result is non-finite only where θ½·e^5 overflows float32: such
     # entries keep θ½. This entrywise guard needs no reduction over the result.
-    out = jnp.where(ok & jnp.isfinite(new), new, h)
-    # The cap comes last, on every leaf, skipped or not (the official order).
-    return _capped_minus(out, p32, max_weight_norm).astype(p.dtype), (~ok).astype(jnp.int32)
+    out = jnp.where(jnp.isfinite(new), new, h)
+    # The cap comes last, on every leaf that is not skipped (the official order).
+    u = _capped_minus(out, p32, max_weight_norm)
+    return jnp.where(ok, u, 0.0).astype(p.dtype), skipped
 
-  pairs = jax.tree.map(leaf, grads, params, base_updates, eligible, masks,
-                       is_leaf=lambda x: x is None)
-  is_pair = lambda x: isinstance(x, tuple) and len(x) == 2  # noqa: E731
-  new_updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
-  skipped = sum((t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)), zero)
+  # Flat lists, not a tree of pairs: the parameters may themselves be tuples.
+  out = [leaf(*xs) for xs in zip(g_l, p_l, ub_l, e_l, m_l, strict=True)]
+  new_updates = _validation.like(raw_grads, treedef.unflatten([u for u, _ in out]))
+  skipped = sum((k for _, k in out), zero)
   return new_updates, HyperbolicStepState(
       optax.safe_increment(state.count), state.skipped_leaves + skipped)
 
@@ -343,24 +352,35 @@ def ham(
     for Sparsity <https://arxiv.org/abs/2506.02630>`_, ICLR 2026.
   """
   if not isinstance(base, optax.GradientTransformation):
-    raise ValueError(f"base must be an optax.GradientTransformation; got {base!r}.")
+    raise _validation.ArgumentTypeError(
+        f"base must be an optax.GradientTransformation; got {base!r}.")
   step = hyperbolic_step(
       learning_rate, alpha, beta, max_weight_norm=max_weight_norm, where=where, backend=backend)
   base = optax.with_extra_args_support(base)
 
   def init_fn(params):
-    return ComposeState(inner_states=(base.init(params), step.init(params)))
+    _validation.check_float_params(params)
+    return ComposeState(inner_states=(base.init(params), step.init(params)),
+                        skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    _validation.check_grads(updates, params)
+    # Non-finite policy (docs/nonfinite.md), as compose(): both steps see a skipped leaf as a
+    # zero gradient and parameter, it emits exactly 0 and keeps its base state.
+    ok = _nonfinite.ok_tree(updates, params)
     base_state, step_state = state.inner_states
-    base_updates, base_state = base.update(updates, base_state, params, **extra_args)
+    base_updates, base_state = _nonfinite.guard(
+        base, updates, base_state, params, ok, **extra_args)
     new_updates, step_state = _hyperbolic_update(
-        updates, step_state, params, base_updates, extra_args.get("masks"),
-        learning_rate=learning_rate, alpha=alpha, beta=beta, max_weight_norm=max_weight_norm,
-        where=where, backend=backend)
-    return new_updates, ComposeState(inner_states=(base_state, step_state))
+        _nonfinite.zero_bad(updates, ok), step_state, _nonfinite.zero_bad(params, ok),
+        base_updates, extra_args.get("masks"), learning_rate=learning_rate, alpha=alpha,
+        beta=beta, max_weight_norm=max_weight_norm, where=where, backend=backend)
+    new_updates = _nonfinite.zero_bad(new_updates, ok)
+    return new_updates, ComposeState(
+        inner_states=(base_state, step_state),
+        skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
+from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation
 from optax_sparse.geometry.potentials import Potential
 
 __all__ = ["MirrorDescentState", "mirror_descent"]
@@ -99,13 +99,16 @@ def mirror_descent(
   _eligibility.check_where("where", where)
 
   def init_fn(params):
-    del params
+    _validation.check_float_params(params)
     return MirrorDescentState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    _validation.check_grads(updates, params)
+    raw = updates
+    updates, params = _validation.to_none(updates), _validation.to_none(params)
     lr = _hyperparams.evaluate(learning_rate, state.count)
     eligible = _eligibility.eligible_tree(where, params)
     zero = jnp.zeros([], jnp.int32)
@@ -113,23 +116,27 @@ def mirror_descent(
     def leaf(x, p, elig):
       if p is None:
         return None, zero
+      # Non-finite policy (docs/nonfinite.md): a leaf whose input or parameter is not finite
+      # emits exactly 0 and is counted; an entry whose result overflows keeps its value.
+      ok = _nonfinite.finite(x) & _nonfinite.finite(p)
+      skipped = (~ok).astype(jnp.int32)
       if not elig or potential.euclidean:
         if not elig and other_leaves == "keep":
-          return jnp.zeros_like(p), zero
-        return (-lr * x.astype(jnp.float32)).astype(p.dtype), zero
+          return jnp.zeros_like(p), skipped
+        return jnp.where(ok, -lr * x.astype(jnp.float32), 0.0).astype(p.dtype), skipped
       theta = p.astype(jnp.float32)
       x32 = x.astype(jnp.float32)
-      # One float reduction over the input (x − x is 0 or NaN), free of broadcast constants that
-      # XLA CPU would materialize; the result is guarded entrywise, with no further reduction.
-      ok = jnp.isfinite(jnp.sum(x32 - x32))
       new = potential.step(theta, x32, lr, state.count)
       u = jnp.where(ok & jnp.isfinite(new), new - theta, 0.0)
-      return u.astype(p.dtype), (~ok).astype(jnp.int32)
+      return u.astype(p.dtype), skipped
 
-    pairs = jax.tree.map(leaf, updates, params, eligible, is_leaf=lambda v: v is None)
-    is_pair = lambda v: isinstance(v, tuple) and len(v) == 2  # noqa: E731
-    new_updates = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
-    skipped = sum((t[1] for t in jax.tree.leaves(pairs, is_leaf=is_pair)), zero)
+    # Flat lists, not a tree of pairs: the parameters may themselves be tuples.
+    treedef = jax.tree.structure(params, is_leaf=lambda v: v is None)
+    out = [leaf(x, p, e) for x, p, e in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(params),
+        treedef.flatten_up_to(eligible), strict=True)]
+    new_updates = _validation.like(raw, treedef.unflatten([u for u, _ in out]))
+    skipped = sum((k for _, k in out), zero)
     return new_updates, MirrorDescentState(
         optax.safe_increment(state.count), state.skipped_leaves + skipped)
 

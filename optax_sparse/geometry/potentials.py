@@ -112,11 +112,24 @@ def _hypentropy_step(theta: Array, d: Array, a: Array) -> Array:
   return jnp.where(theta * d > 0, towards_zero, direct)
 
 
+def _log(a: float | Array) -> float | Array:
+  """``log`` of a Python number in float64, of a traced value (inject_hyperparams) in jnp."""
+  return math.log(a) if isinstance(a, float) else jnp.log(a)
+
+
+def _as_static_or_traced(value: float | Array) -> float | Array:
+  """A Python float for a number, the array itself for a traced hyperparameter."""
+  try:
+    return float(value)
+  except Exception:  # noqa: BLE001 - a tracer (optax.inject_hyperparams under jit).
+    return value
+
+
 def _log1p_abs(alpha: float, v: Array) -> Array:
   """``log1p(α|v|)`` that stays finite when ``α|v|`` overflows float32."""
   av = jnp.abs(v)
   big = av > _BIG / alpha
-  return jnp.where(big, math.log(alpha) + jnp.log(jnp.where(big, av, 1.0)),
+  return jnp.where(big, _log(alpha) + jnp.log(jnp.where(big, av, 1.0)),
                    jnp.log1p(alpha * jnp.where(big, 0.0, av)))
 
 
@@ -124,7 +137,7 @@ def _expm1_over_alpha(alpha: float, w: Array) -> Array:
   """``expm1(|w|)/α`` that stays finite while the result is representable."""
   aw = jnp.abs(w)
   big = aw > 80.0
-  return jnp.where(big, jnp.exp(jnp.where(big, aw, 0.0) - math.log(alpha)),
+  return jnp.where(big, jnp.exp(jnp.where(big, aw, 0.0) - _log(alpha)),
                    jnp.expm1(jnp.where(big, 0.0, aw)) / alpha)
 
 
@@ -237,7 +250,7 @@ def ham_log(alpha: float = 200.0) -> Potential:
   """
   _hyperparams.check_scalar("alpha", alpha, low=0.0, low_open=True, allow_schedule=False)
 
-  alpha = float(alpha)
+  alpha = _as_static_or_traced(alpha)
 
   def mirror_map(theta, count):
     del count
@@ -326,7 +339,7 @@ def power(metric_exponent: float) -> Potential:
   _hyperparams.check_scalar(
       "metric_exponent", metric_exponent, low=0.0, high=1.0, high_open=True,
       allow_schedule=False)
-  m = float(metric_exponent)
+  m = _as_static_or_traced(metric_exponent)
   k = 1.0 - m
 
   def mirror_map(theta, count):
