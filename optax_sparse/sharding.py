@@ -1,0 +1,175 @@
+"""Sharding helpers: optimizer-state shardings that follow the parameters, collectives of a step.
+
+Every transformation of the library is written for XLA's SPMD partitioner: under ``jax.jit``
+with sharded parameters, the elementwise maths runs on each device's shard and the selections
+of ``optax_sparse.masks.select`` reduce small histograms across devices instead of gathering
+(see ``docs/sharding.md``). Two things are left to the user, and this module does them:
+
+* :func:`state_shardings` gives the sharding of every leaf of ``tx.init(params)``: a leaf of a
+  sub-tree shaped like the parameters (masks, moments, shadow weights, reparameterization
+  factors) gets the sharding of its parameter; any other leaf (counters, keys, schedules,
+  NanoAdam's compressed slots) is replicated over the parameters' mesh. Pass it as
+  ``out_shardings`` of a jitted ``tx.init`` and as the state's sharding of the train step.
+* :func:`collectives` reads the collective operations out of compiled HLO text
+  (``jax.jit(f).lower(...).compile().as_text()``) with the bytes each one produces, which is how
+  the tests and ``benchmarks/sharding.py`` check that no step gathers a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, NamedTuple
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+__all__ = ["Collective", "collectives", "state_shardings"]
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def _mesh_of(shardings: list[Any]) -> Any:
+  for s in shardings:
+    if isinstance(s, NamedSharding):
+      return s.mesh
+  return None
+
+
+def state_shardings(tx: Any, params: Any) -> Any:
+  """Shardings of ``tx.init(params)``: per-parameter leaves like their parameter, others replicated.
+
+  A sub-tree of the state whose structure starts with that of ``params`` (``None`` allowed, as the
+  masks of dense leaves; a sub-tree per parameter allowed, as NanoAdam's per-leaf moments) is
+  per-parameter: its leaves with the shape of the matching parameter get that parameter's
+  sharding. Every other array leaf is replicated over the mesh of the parameters'
+  ``NamedSharding`` (or gets the first parameter's sharding when none is a ``NamedSharding``).
+
+  Args:
+    tx: an ``optax.GradientTransformation``.
+    params: the parameters: arrays, or ``jax.ShapeDtypeStruct`` with a ``sharding``.
+
+  Returns:
+    A pytree of shardings with the structure of ``tx.init(params)`` (``None`` stays ``None``).
+
+  Raises:
+    ValueError: when a parameter leaf carries no sharding.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import optax_sparse as osp
+    >>> params = {"w": jnp.ones((4, 4))}
+    >>> tx = osp.sparse(optax.adam(1e-3), osp.rigl(every=10), sparsity=0.5)
+    >>> shardings = osp.state_shardings(tx, params)
+    >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
+    >>> osp.get_masks(state)["w"].sharding == params["w"].sharding
+    True
+  """
+  p_leaves, p_def = jax.tree.flatten(params, is_leaf=_is_none)
+  p_shardings = []
+  for p in p_leaves:
+    if p is None:
+      p_shardings.append(None)
+      continue
+    sharding = getattr(p, "sharding", None)
+    if sharding is None:
+      raise ValueError(
+          f"params must be arrays or ShapeDtypeStructs with a sharding; got a leaf {p!r}.")
+    p_shardings.append(sharding)
+  present = [s for s in p_shardings if s is not None]
+  mesh = _mesh_of(present)
+  if mesh is not None:
+    replicated = NamedSharding(mesh, PartitionSpec())
+  elif present:
+    replicated = present[0]
+  else:
+    replicated = None
+  p_shapes = [None if p is None else tuple(p.shape) for p in p_leaves]
+
+  def params_like(x: Any) -> bool:
+    # A node whose structure starts with the parameters' structure (each parameter position
+    # may hold a sub-tree, e.g. NanoAdam's per-leaf moments).
+    if x is None or (hasattr(x, "shape") and p_def.num_nodes > 1):
+      return False
+    try:
+      p_def.flatten_up_to(x)
+    except (ValueError, TypeError):
+      return False
+    return True
+
+  def like(sub: Any, shape: Any, sharding: Any) -> Any:
+    return jax.tree.map(
+        lambda v: sharding if shape is not None and tuple(v.shape) == shape else replicated, sub)
+
+  def per_param(x: Any) -> Any:
+    subs = p_def.flatten_up_to(x)
+    return p_def.unflatten([
+        None if v is None else like(v, shape, sharding)
+        for v, shape, sharding in zip(subs, p_shapes, p_shardings, strict=True)])
+
+  def visit(x: Any) -> Any:
+    if params_like(x):
+      return per_param(x)
+    return None if x is None else replicated
+
+  abstract = jax.eval_shape(tx.init, params)
+  return jax.tree.map(visit, abstract, is_leaf=lambda x: x is None or params_like(x))
+
+
+class Collective(NamedTuple):
+  """One collective operation of compiled HLO.
+
+  Attributes:
+    kind: ``"all-gather"``, ``"all-reduce"``, ``"reduce-scatter"``, ``"all-to-all"`` or
+      ``"collective-permute"``.
+    nbytes: the bytes of its result on one device (a tuple result: the sum of its parts).
+    shapes: the result shapes as HLO writes them, e.g. ``("f32[512,64]",)``.
+    line: the HLO instruction.
+  """
+
+  kind: str
+  nbytes: int
+  shapes: tuple[str, ...]
+  line: str
+
+
+_KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_OP = re.compile(r"=\s*(.*?)\s+(" + "|".join(_KINDS) + r")(?:-start)?\(")
+_SHAPE = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+def collectives(hlo_text: str) -> list[Collective]:
+  """The collective operations in compiled HLO text, with the bytes of each result.
+
+  Asynchronous pairs (``all-gather-start`` / ``-done``) are counted once, at their start.
+
+  Args:
+    hlo_text: ``jax.jit(f).lower(*args).compile().as_text()``.
+
+  Returns:
+    A list of :class:`Collective`, in the order of the text.
+
+  Examples:
+    >>> import optax_sparse as osp
+    >>> line = "%ag = f32[8,4]{1,0} all-gather(f32[2,4]{1,0} %p), dimensions={0}"
+    >>> [(c.kind, c.nbytes) for c in osp.collectives(line)]
+    [('all-gather', 128)]
+  """
+  out = []
+  for line in hlo_text.splitlines():
+    match = _OP.search(line)
+    if match is None:
+      continue
+    shapes, nbytes = [], 0
+    for dtype, dims in _SHAPE.findall(match.group(1)):
+      if dtype not in _BYTES:
+        continue
+      size = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+      shapes.append(f"{dtype}[{dims}]")
+      nbytes += size * _BYTES[dtype]
+    out.append(Collective(match.group(2), int(nbytes), tuple(shapes), line.strip()))
+  return out
