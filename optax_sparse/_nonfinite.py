@@ -15,7 +15,7 @@ every state leaf of ``inner`` that belongs to a skipped parameter leaf (found st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -126,3 +126,32 @@ def guard(
   updates, new_state = inner.update(safe_grads, state, safe_params, **extra_args)
   updates = zero_bad(updates, ok)
   return updates, keep_state(inner, new_state, state, ok, params)
+
+
+class GuardedState(NamedTuple):
+  """State of a transformation built as a chain and guarded by :func:`guarded`.
+
+  Attributes:
+    inner_state: the chain's state.
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy.
+  """
+
+  inner_state: Any
+  skipped_leaves: jax.Array
+
+
+def guarded(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``inner`` under the non-finite policy, with the skip counter in a :class:`GuardedState`."""
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    _validation.check_float_params(params)
+    return GuardedState(inner.init(params), jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _validation.check_grads(updates, params)
+    ok = ok_tree(updates, params)
+    new_updates, inner_state = guard(inner, updates, state.inner_state, params, ok, **extra_args)
+    return new_updates, GuardedState(inner_state, state.skipped_leaves + n_skipped(ok))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
+from optax_sparse import _eligibility, _hyperparams, _nonfinite
 
 __all__ = [
     "DecoupledWeightDecayState",
@@ -113,9 +113,15 @@ def decoupled_weight_decay(
     decayed = _decayed_leaves(where, params)
 
     def leaf(u, p, on):
-      if u is None or not on:
+      if u is None:
         return u
-      return (u.astype(jnp.float32) + wd * p.astype(jnp.float32)).astype(u.dtype)
+      # Non-finite policy (docs/nonfinite.md): a leaf whose update or parameter is not finite
+      # emits 0 (stateless: the optimizer around it counts the skip).
+      ok = _nonfinite.finite(u) & _nonfinite.finite(p)
+      if not on:
+        return jnp.where(ok, u, jnp.zeros_like(u))
+      new = u.astype(jnp.float32) + wd * p.astype(jnp.float32)
+      return jnp.where(ok, new, 0.0).astype(u.dtype)
 
     new = jax.tree.map(leaf, updates, params, decayed, is_leaf=lambda v: v is None)
     return new, DecoupledWeightDecayState(optax.safe_increment(state.count))
@@ -216,7 +222,8 @@ def adamw_paper(
   _hyperparams.check_scalar("b2", b2, low=0.0, high=1.0, high_open=True, allow_schedule=False)
   _hyperparams.check_scalar("eps", eps, low=0.0, allow_schedule=False)
   _eligibility.check_where("where", where)
-  return optax.with_extra_args_support(optax.chain(
+  # The guard holds the non-finite policy for the Adam moments and counts the skips.
+  return _nonfinite.guarded(optax.chain(
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
       _scale_by_paper_decay(learning_rate, multiplier, weight_decay, where),
   ))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
+from optax_sparse import _eligibility, _hyperparams, _nonfinite
 from optax_sparse.geometry.decay import decoupled_weight_decay
 
 __all__ = ["scale_by_steepest", "steepest_descent"]
@@ -31,11 +31,17 @@ __all__ = ["scale_by_steepest", "steepest_descent"]
 _NORMALIZATIONS = ("none", "per_leaf", "global")
 
 
-def _direction(g: jnp.ndarray, q: float) -> jnp.ndarray:
-  if q == 1.0:
+def _is_static(q) -> bool:
+  return isinstance(q, float)
+
+
+def _direction(g: jnp.ndarray, q) -> jnp.ndarray:
+  if _is_static(q) and q == 1.0:
     return jnp.sign(g)
-  if q == 2.0:
+  if _is_static(q) and q == 2.0:
     return g
+  # A traced q (optax.inject_hyperparams) takes this form for every q in [1, 2]; at q = 1 it is
+  # sign(g) (|0|^0 = 1 times sign(0) = 0) and at q = 2 it is g.
   return jnp.sign(g) * jnp.abs(g) ** (q - 1.0)
 
 
@@ -72,18 +78,24 @@ def scale_by_steepest(q: float, *, normalization: str = "none") -> optax.Gradien
   _hyperparams.check_scalar("q", q, low=1.0, high=2.0, allow_schedule=False)
   if normalization not in _NORMALIZATIONS:
     raise ValueError(f"normalization must be one of {_NORMALIZATIONS}; got {normalization!r}.")
-  q = float(q)
+  try:
+    q = float(q)
+  except Exception:  # noqa: BLE001 - traced (optax.inject_hyperparams under jit): kept as is.
+    pass
+  is_two = _is_static(q) and q == 2.0
 
   def init_fn(params):
     del params
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    del params
-    g32 = jax.tree.map(lambda g: None if g is None else g.astype(jnp.float32), updates,
-                       is_leaf=lambda v: v is None)
+    # Non-finite policy (docs/nonfinite.md): a leaf whose gradient (or parameter) is not finite
+    # gets a zero direction and stays out of the global norm.
+    ok = _nonfinite.ok_tree(updates, params)
+    g32 = jax.tree.map(lambda g, k: None if g is None else jnp.where(k, g.astype(jnp.float32), 0.0),
+                       updates, ok, is_leaf=lambda v: v is None)
     leaves = [g for g in jax.tree.leaves(g32)]
-    if normalization == "global" and q != 2.0 and leaves:
+    if normalization == "global" and not is_two and leaves:
       total = sum(_q_norm_sum(g, q) for g in leaves)
       factor = total ** ((2.0 - q) / q)
     else:
@@ -93,7 +105,7 @@ def scale_by_steepest(q: float, *, normalization: str = "none") -> optax.Gradien
       if u is None:
         return None
       d = _direction(g, q)
-      if normalization == "per_leaf" and q != 2.0:
+      if normalization == "per_leaf" and not is_two:
         d = d * _q_norm_sum(g, q) ** ((2.0 - q) / q)
       elif factor is not None:
         d = d * factor
@@ -146,8 +158,9 @@ def steepest_descent(
   _hyperparams.check_scalar("learning_rate", learning_rate, low=0.0)
   _hyperparams.check_scalar("weight_decay", weight_decay, low=0.0)
   # The decay stage is always present so that the state keeps one structure whatever the type
-  # of weight_decay (optax.inject_hyperparams turns the default 0.0 into a traced value).
-  return optax.with_extra_args_support(optax.chain(
+  # of weight_decay (optax.inject_hyperparams turns the default 0.0 into a traced value). The
+  # guard counts the leaves skipped under the non-finite policy.
+  return _nonfinite.guarded(optax.chain(
       scale_by_steepest(q, normalization=normalization),
       decoupled_weight_decay(weight_decay, where=decay_where),
       optax.scale_by_learning_rate(learning_rate),
