@@ -4,6 +4,7 @@ from optax_sparse.masks import groups
 from optax_sparse.masks.distributions import LayerDistribution, er, erk, uniform
 from optax_sparse.masks.finetune import KeepMaskState, fixed_mask, keep_mask, merge_masked
 from optax_sparse.masks.rules import (
+    ImpState,
     MaskRule,
     SrSteState,
     Target,
@@ -11,6 +12,9 @@ from optax_sparse.masks.rules import (
     global_magnitude,
     gradual_magnitude,
     gradual_sparsity,
+    imp,
+    imp_schedule,
+    imp_step,
     nm,
     one_shot_magnitude,
     rigl,
@@ -38,6 +42,7 @@ from optax_sparse.masks.sparse import SparseState, get_masks, sparse
 
 __all__: list[str] = [
     "groups",
+    "ImpState",
     "MaskRule",
     "SrSteState",
     "Target",
@@ -45,6 +50,9 @@ __all__: list[str] = [
     "global_magnitude",
     "gradual_magnitude",
     "gradual_sparsity",
+    "imp",
+    "imp_schedule",
+    "imp_step",
     "nm",
     "one_shot_magnitude",
     "rigl",

@@ -19,6 +19,14 @@ and masks M (bool per eligible leaf; ``None`` for dense leaves):
    where an entry is pruned or newly grown and exactly θ + u elsewhere (entries dropped and
    regrown in the same update are kept: RigL ``reinit_when_same=False``).
 
+6. restart (only for rules with a ``restart`` hook, e.g. IMP with rewinding): on a mask-update
+   step where ``rule.restart(t, rule_state)`` returns ``(True, θ*)`` the update lands the
+   parameters on M' ⊙ θ* (θ* = θ where the rule gives ``None``: LR rewinding), u' = M' ⊙ θ* − θ,
+   instead of the inner step, and every per-parameter leaf of the inner state is zeroed (a fresh
+   optimizer; counts, and so schedules, go on). θ + u' equals M' ⊙ θ* exactly wherever the
+   subtraction is exact (always for pruned entries, which land at 0; otherwise within one
+   rounding of the parameter dtype).
+
 With ``skip_update_on_mask_step=True`` (the official RigL/SET code, jaxpruner's
 ``skip_gradients``) a mask-update step emits only the projection (u = 0: kept weights unchanged,
 dropped ones land at 0) and keeps the old inner state with step 2's reset applied.
@@ -190,6 +198,27 @@ def _check_initial_counts(given: Any, reference: Any, scope: str, sparsity: Any)
           f"initial_masks keep {got} of the {n} entries of {name}, but sparsity={sparsity!r} "
           f"(with the distribution) gives {want} at init; give masks with that count or "
           f"change sparsity.")
+
+
+def _restart(rule, inner, flag, rule_state, count, new_masks, updates, params, raw_params,
+             inner_state):
+  """Step 6 of the module doc: the rule's restart hook (land on M' ⊙ θ*, fresh inner state)."""
+  wants, target = rule.restart(count, rule_state)
+  flag = flag & wants
+  if target is None:
+    target = jax.tree.map(lambda p: None, params, is_leaf=_is_none)
+
+  def land(n, u, p, q):
+    if p is None:
+      return u
+    value = p if q is None else jnp.asarray(q, p.dtype)
+    if n is not None:
+      value = jnp.where(n, value, jnp.zeros_like(value))
+    return jnp.where(flag, value - p, u).astype(p.dtype)
+
+  updates = jax.tree.map(land, new_masks, updates, params, target, is_leaf=_is_none)
+  reset = jax.tree.map(lambda p: None if p is None else flag, params, is_leaf=_is_none)
+  return updates, reset_inner_state(inner, inner_state, reset, raw_params)
 
 
 def _zero_where(value: Any, reset: Any) -> Any:
@@ -457,6 +486,10 @@ def sparse(
         lambda m, n, u, p, k: u if m is None
         else jnp.where(k, jnp.where(m & n, u, -p), jnp.zeros_like(u)).astype(p.dtype),
         masks, new_masks, updates, params, ok_n, is_leaf=_is_none)
+    if rule.restart is not None:
+      updates, new_inner_state = _restart(
+          rule, inner, is_mask_step, rule_state, count, new_masks, updates, params, raw_params,
+          new_inner_state)
     return updates, SparseState(
         count=optax.safe_increment(count), masks=new_masks, key=state.key,
         rule_state=rule_state, inner_state=new_inner_state,

@@ -69,11 +69,13 @@ Library decisions common to all rules:
 from optax_sparse.masks.rules._base import MaskRule, Target
 from optax_sparse.masks.rules.alternating import acdc
 from optax_sparse.masks.rules.dynamic import rigl, set_
+from optax_sparse.masks.rules.imp import ImpState, imp, imp_schedule, imp_step
 from optax_sparse.masks.rules.magnitude import global_magnitude, one_shot_magnitude, static_random
 from optax_sparse.masks.rules.nm_ste import SrSteState, nm, sr_ste
 from optax_sparse.masks.rules.schedules import gradual_magnitude, gradual_sparsity
 
 __all__ = [
+    "ImpState",
     "MaskRule",
     "SrSteState",
     "Target",
@@ -81,6 +83,9 @@ __all__ = [
     "global_magnitude",
     "gradual_magnitude",
     "gradual_sparsity",
+    "imp",
+    "imp_schedule",
+    "imp_step",
     "nm",
     "one_shot_magnitude",
     "rigl",

@@ -46,6 +46,11 @@ class MaskRule(NamedTuple):
     scope: ``"layer"`` (per-leaf densities from the distribution), ``"global"`` (one total over
       all eligible leaves; no distribution) or ``"pattern"`` (the rule fixes its own sparsity,
       e.g. N:M; ``sparse()`` takes no sparsity).
+    restart: None, or ``(count, rule_state) -> (bool[], θ*)``: on a mask-update step where it
+      returns True, ``sparse()`` lands the parameters on M' ⊙ θ* (θ* a pytree like the
+      parameters, ``None`` leaves or ``None`` for "keep θ") instead of the inner step and zeroes
+      the inner optimizer's per-parameter state (used by :func:`imp` for rewinding). The
+      ``rule_state`` given is the one after this step's ``update_masks``.
   """
 
   name: str
@@ -54,6 +59,7 @@ class MaskRule(NamedTuple):
   update_masks: Callable[..., Any]
   init_state: Callable[[Any], Any] = lambda params: optax.EmptyState()
   scope: str = "layer"
+  restart: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
