@@ -229,6 +229,8 @@ class SparsityReport:
         for i, row in enumerate(rows):
           table.add_row(*row, end_section=i == len(rows) - 2)
         console = rich.console.Console()
+        if not console.is_terminal:  # a pipe or a file: no terminal width to fit
+          console = rich.console.Console(width=200)
         console.print(table)
         if self.total.get("flops_ratio") is not None:
           console.print(f"Estimated forward FLOPs: sparse / dense = "
@@ -283,6 +285,7 @@ def sparsity_report(
     params: Any,
     opt_state: Any = None,
     *,
+    masks: Any = None,
     previous: Any = None,
     reference: Any = None,
     nm: tuple[int, int] | None = None,
@@ -295,6 +298,8 @@ def sparsity_report(
     params: the parameters (any pytree of arrays: dicts, Flax NNX ``nnx.State``, ...).
     opt_state: the optimizer state; its masks (``osp.get_masks``) give each leaf's pattern and
       the mask columns. Without it the pattern is ``params != 0``.
+    masks: the masks themselves (a bool array or None per leaf), instead of ``opt_state``
+      (e.g. the masks of :func:`optax_sparse.load_compressed`).
     previous: the pattern to measure churn against: an earlier optimizer state (its masks), a
       mask tree, or earlier parameters (their nonzeros).
     reference: parameters to count sign flips against (e.g. the initialization).
@@ -308,7 +313,8 @@ def sparsity_report(
 
   Raises:
     ValueError: ``nm`` not two integers with 0 <= n <= m, m >= 1; a tree not matching the
-      parameters; a ``positions`` key that names no kernel, or a value < 1.
+      parameters; both ``masks`` and ``opt_state``; a ``positions`` key that names no kernel,
+      or a value < 1.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -337,7 +343,10 @@ def sparsity_report(
                        f"kernels: {sorted(kernels)}.")
     if not isinstance(r, (int, np.integer)) or r < 1:
       raise ValueError(f"positions[{key!r}] must be an integer >= 1; got {r!r}.")
-  masks = _masks_of(opt_state) if opt_state is not None else None
+  if masks is not None and opt_state is not None:
+    raise ValueError("give masks or opt_state, not both.")
+  if masks is None and opt_state is not None:
+    masks = _masks_of(opt_state)
   mask_leaves = (_flat(masks, treedef, "the masks of opt_state") if masks is not None
                  else [None] * len(values))
   prev = None if previous is None else _pattern_leaves(previous, treedef, "previous")
