@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import optax
 from optax._src import base
 
-from optax_sparse import _eligibility, kernels
+from optax_sparse import _eligibility, _nonfinite, _validation, kernels
 from optax_sparse._hyperparams import check_scalar, evaluate
 from optax_sparse.masks import select
 
@@ -86,10 +86,18 @@ class NanoAdamDenseMoments(NamedTuple):
 
 
 class NanoAdamState(NamedTuple):
-  """State of :func:`nanoadam`: a step counter and per-leaf moments (None for None leaves)."""
+  """State of :func:`nanoadam`.
+
+  Attributes:
+    count: int32 step counter.
+    moments: per-leaf moments (None for None leaves).
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (``docs/nonfinite.md``).
+  """
 
   count: jax.Array
   moments: Any
+  skipped_leaves: jax.Array
 
 
 # Leaves up to this size select with ``jax.lax.top_k``; larger ones with the radix selection.
@@ -105,9 +113,12 @@ def _default_dense(path: Any, leaf: Any) -> bool:
   return getattr(leaf, "ndim", 0) < 2
 
 
-def _k_of(density: jax.Array, n: int, k_max: int) -> jax.Array:
-  k = jnp.round(density * n).astype(jnp.int32)
-  return jnp.clip(k, 1, k_max)
+def _k_of(density: jax.Array, n: int, k_max: int, current: jax.Array) -> jax.Array:
+  """``clip(round(rho n), 1, k_max)``; a NaN density keeps the current k (k_max at first)."""
+  d = jnp.asarray(density, jnp.float32)
+  k = jnp.round(jnp.clip(jnp.where(jnp.isnan(d), 0.0, d), 0.0, 1.0) * n).astype(jnp.int32)
+  keep = jnp.where(current > 0, current, k_max)
+  return jnp.where(jnp.isnan(d), keep, jnp.clip(k, 1, k_max)).astype(jnp.int32)
 
 
 def _refresh(
@@ -213,8 +224,7 @@ def nanoadam(
   if max_density is not None:
     check_scalar("max_density", max_density, low=0.0, high=1.0, low_open=True,
                  allow_schedule=False)
-  if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
-    raise ValueError(f"refresh_every must be a positive int; got {refresh_every!r}.")
+  _validation.check_int("refresh_every", refresh_every, low=1, allow_traced=True)
   check_scalar("b1", b1, low=0.0, high=1.0, high_open=True)
   check_scalar("b2", b2, low=0.0, high=1.0, high_open=True)
   check_scalar("eps", eps, low=0.0)
@@ -222,19 +232,28 @@ def nanoadam(
   backend = kernels.resolve_backend(backend, name="backend")
   b1_32, b2_32 = jnp.float32(b1), jnp.float32(b2)
 
+  def _static_density(value, name):
+    # Eagerly, so that init also runs under jax.jit (a sharded init) or jax.eval_shape.
+    # The compressed state's size must be static: a number, or a schedule evaluated at step 0
+    # at trace time (also under jax.jit); a traced value (inject_hyperparams under jit) cannot.
+    if isinstance(value, (int, float)):
+      return float(value)
+    try:
+      with jax.ensure_compile_time_eval():
+        return float(evaluate(value, jnp.zeros([], jnp.int32)))
+    except Exception:  # noqa: BLE001 - a tracer.
+      raise ValueError(
+          f"{name} is traced at init ({value!r}), but it sizes the compressed state; pass a "
+          f"number as max_density (and list it in static_args of optax.inject_hyperparams)."
+      ) from None
+
   def init_fn(params):
+    _validation.check_float_params(params)
     flags = _eligibility.eligible_tree(_default_dense if dense is None else dense, params, "dense")
     if max_density is not None:
-      rho_max = float(max_density)
+      rho_max = _static_density(max_density, "max_density")
     else:
-      try:
-        # Eagerly, so that init also runs under jax.jit (a sharded init) or jax.eval_shape.
-        with jax.ensure_compile_time_eval():
-          rho_max = float(evaluate(density, jnp.zeros([], jnp.int32)))
-      except jax.errors.ConcretizationTypeError:
-        raise ValueError(
-            "density is traced at init; pass max_density to size the compressed state."
-        ) from None
+      rho_max = _static_density(density, "density")
     if not 0.0 < rho_max <= 1.0:
       raise ValueError(f"max_density (or density at step 0) must be in (0, 1]; got {rho_max}.")
 
@@ -255,26 +274,28 @@ def nanoadam(
       )
 
     moments = jax.tree.map(leaf_init, params, flags, is_leaf=lambda x: x is None)
-    return NanoAdamState(count=jnp.zeros([], jnp.int32), moments=moments)
+    return NanoAdamState(count=jnp.zeros([], jnp.int32), moments=moments,
+                         skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(base.NO_PARAMS_MSG)
+    _validation.check_grads(updates, params)
     count = state.count
     lr = evaluate(learning_rate, count)
     rho = evaluate(density, count)
     t1 = (count + 1).astype(jnp.float32)
     due = count % refresh_every == 0
 
-    def dense_step(g, mom):
-      g = g.astype(jnp.float32)
+    def dense_step(g, mom, leaf_ok):
+      g = jnp.where(leaf_ok, g.astype(jnp.float32), 0.0)
       mu = b1 * mom.mu + (1.0 - b1) * g
       nu = b2 * mom.nu + (1.0 - b2) * g * g
       mu_hat = mu / (1.0 - b1**t1)
       nu_hat = nu / (1.0 - b2**t1)
       u = -lr * mu_hat / (jnp.sqrt(nu_hat) + eps)
-      ok = jnp.all(jnp.isfinite(u))
+      ok = leaf_ok & jnp.all(jnp.isfinite(u))
       return jnp.where(ok, u, 0.0), NanoAdamDenseMoments(
           jnp.where(ok, mu, mom.mu), jnp.where(ok, nu, mom.nu))
 
@@ -283,11 +304,13 @@ def nanoadam(
     else:
       c1, c2 = jnp.float32(1.0), jnp.float32(1.0)
 
-    def subset_step(g, p, mom):
+    def subset_step(g, p, mom, leaf_ok):
       n = p.size
-      k = _k_of(rho, n, mom.indices.shape[0])
+      k = _k_of(rho, n, mom.indices.shape[0], mom.valid)
+      g = jnp.where(leaf_ok, g, jnp.zeros_like(g))
+      old = mom
       mom = jax.lax.cond(
-          due | (k != mom.valid),
+          leaf_ok & (due | (k != mom.valid)),
           lambda m: _refresh(jnp.abs(p.reshape(-1).astype(jnp.float32)), m, k, backend),
           lambda m: m,
           mom,
@@ -301,7 +324,7 @@ def nanoadam(
             bias_correction1=c1, bias_correction2=c2, dtype=jnp.float32, backend="pallas")
         u = u.reshape(-1)
         step = jnp.where(used, jnp.take(u, jnp.where(used, mom.indices, 0), mode="clip"), 0.0)
-        ok = jnp.all(jnp.isfinite(step))
+        ok = leaf_ok & jnp.all(jnp.isfinite(step))
         u = jnp.where(ok, u, 0.0)
       else:
         # The kernel's float32 operations in the same order (bit-identical results).
@@ -310,28 +333,36 @@ def nanoadam(
         mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
         nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
         step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
-        ok = jnp.all(jnp.isfinite(step))
+        ok = leaf_ok & jnp.all(jnp.isfinite(step))
         step = jnp.where(ok, step, 0.0)
         u = jnp.zeros((n,), jnp.float32).at[mom.indices].set(
             step, mode="drop", indices_are_sorted=True, unique_indices=True)
       new = mom._replace(mu=jnp.where(ok, mu, mom.mu), nu=jnp.where(ok, nu, mom.nu))
+      # A skipped leaf keeps its whole state, its selection included.
+      new = jax.tree.map(lambda a, b: jnp.where(leaf_ok, a, b), new, old)
       return u.reshape(p.shape), new
 
     def leaf_step(g, p, mom):
       if g is None or mom is None:
-        return None, mom
+        return None, mom, jnp.zeros([], jnp.int32)
+      # Non-finite policy (docs/nonfinite.md): any NaN/Inf in the leaf's gradient or parameter
+      # skips the leaf (zero update, state kept), counted.
+      leaf_ok = _nonfinite.finite(g) & _nonfinite.finite(p)
       if isinstance(mom, NanoAdamDenseMoments):
-        u, mom = dense_step(g, mom)
+        u, mom = dense_step(g, mom, leaf_ok)
       else:
-        u, mom = subset_step(g, p, mom)
-      return u.astype(p.dtype), mom
+        u, mom = subset_step(g, p, mom, leaf_ok)
+      u = jnp.where(leaf_ok, u, 0.0)
+      return u.astype(p.dtype), mom, (~leaf_ok).astype(jnp.int32)
 
     g_leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
     p_leaves = treedef.flatten_up_to(params)
     m_leaves = treedef.flatten_up_to(state.moments)
     out = [leaf_step(g, p, m) for g, p, m in zip(g_leaves, p_leaves, m_leaves, strict=True)]
-    new_updates = treedef.unflatten([u for u, _ in out])
-    new_moments = treedef.unflatten([m for _, m in out])
-    return new_updates, NanoAdamState(optax.safe_increment(count), new_moments)
+    new_updates = treedef.unflatten([u for u, _, _ in out])
+    new_moments = treedef.unflatten([m for _, m, _ in out])
+    skipped = sum((s for _, _, s in out), jnp.zeros([], jnp.int32))
+    return new_updates, NanoAdamState(optax.safe_increment(count), new_moments,
+                                      state.skipped_leaves + skipped)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
