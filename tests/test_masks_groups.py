@@ -76,8 +76,8 @@ def test_neuron_and_channel_units_match_numpy_reductions(reduce):
     want = {"l1": np.abs(rows).sum(1), "l2": np.sqrt((rows ** 2).sum(1)),
             "mean": rows.mean(1)}[reduce]
     got = np.asarray(G.units(grouping, jnp.asarray(x)))
-    assert got.shape == (1, rows.shape[0])
-    np.testing.assert_allclose(got[0], want, rtol=1e-5)
+    assert got.shape == grouping.unit_shape(x.shape) and got.size == rows.shape[0]
+    np.testing.assert_allclose(got.ravel(), want, rtol=1e-5)
     back = np.asarray(G.expand(grouping, jnp.arange(rows.shape[0])[None], x.shape))
     idx = np.moveaxis(np.broadcast_to(np.arange(rows.shape[0]), np.moveaxis(x, axis, -1).shape),
                       -1, axis)
@@ -87,13 +87,13 @@ def test_neuron_and_channel_units_match_numpy_reductions(reduce):
 def test_heads_blocks_and_fan_in_layouts_match_numpy():
   x = np.arange(8 * 12, dtype=np.float32).reshape(8, 12)
   # 3 heads along the last axis: head h is columns 4h..4h+3.
-  got = np.asarray(G.units(G.heads(3), jnp.asarray(x)))[0]
+  got = np.asarray(G.units(G.heads(3), jnp.asarray(x))).ravel()
   np.testing.assert_allclose(got, [np.abs(x[:, 4 * h:4 * h + 4]).sum() for h in range(3)])
   # 1-D blocks of 4 along axis -2 (fan-in) and 2x3 tiles.
-  got = np.asarray(G.units(G.blocks(4), jnp.asarray(x)))[0]
+  got = np.asarray(G.units(G.blocks(4), jnp.asarray(x))).ravel()
   want = np.abs(x).reshape(2, 4, 12).sum(1).ravel()
   np.testing.assert_allclose(got, want)
-  got = np.asarray(G.units(G.blocks((2, 3)), jnp.asarray(x)))[0]
+  got = np.asarray(G.units(G.blocks((2, 3)), jnp.asarray(x))).ravel()
   np.testing.assert_allclose(got, np.abs(x).reshape(4, 2, 4, 3).sum((1, 3)).ravel())
   # fan_in: one row per output column, the column's entries as members.
   u = np.asarray(G.units(G.fan_in(), jnp.asarray(x)))
@@ -103,7 +103,7 @@ def test_heads_blocks_and_fan_in_layouts_match_numpy():
   bad = x.copy()
   bad[0, 0] = np.inf
   s = np.where(np.isfinite(np.abs(bad)), np.abs(bad), -np.inf)
-  assert np.asarray(G.units(G.neurons(), jnp.asarray(s)))[0, 0] == -np.inf
+  assert np.asarray(G.units(G.neurons(), jnp.asarray(s))).ravel()[0] == -np.inf
 
 
 def test_select_units_rows_exact_counts_and_ties():

@@ -8,7 +8,8 @@ tile, so there are ``G = ∏ n_i / b_i`` groups of ``K = ∏ b_i`` members each.
   (``reduce``: L1 ``Σ|s|``, L2 ``(Σ s²)^{1/2}`` or mean ``Σ s / K``; default L1), the rule selects
   ``k = max(1, round(G·d))`` groups with the same exact selection code as unstructured sparsity
   (``select``: no sort, ties by lower group index), and every member of a pruned group is
-  pruned. The units are a ``(1, G)`` matrix.
+  pruned. The units are one row ``(1, *grid)``, grid = ``(n_i / b_i)_i`` (the leaf's own layout,
+  so a sharded leaf needs no gather; the group order is the grid's row-major order).
 * **within groups** (``within=True``, the constant fan-in of SRigL): every group keeps the same
   number ``max(1, round(K·d))`` of its members, ranked inside the group (ties by lower member
   index). The units are a ``(G, K)`` matrix, one row per group.
@@ -144,10 +145,13 @@ class Grouping:
     k = math.prod(b)
     return math.prod(shape) // max(k, 1), k
 
-  def unit_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
-    """The units matrix: ``(1, G)`` for whole groups, ``(G, K)`` within groups."""
+  def unit_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The units: ``(1, *grid)`` for whole groups (one row), ``(G, K)`` within groups."""
     g, k = self.layout(shape)
-    return (g, k) if self.within else (1, g)
+    if self.within:
+      return (g, k)
+    b = self.block_sizes(shape)
+    return (1, *(int(s) // bi for s, bi in zip(shape, b, strict=True)))
 
 
 def _check_reduce(reduce: str) -> str:
@@ -346,10 +350,10 @@ def _split(shape: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def units(grouping: Grouping, scores: jax.Array) -> jax.Array:
-  """Unit scores: ``(1, G)`` reduced group scores, or ``(G, K)`` member scores within groups.
+  """Unit scores: ``(1, *grid)`` reduced group scores, or ``(G, K)`` member scores within groups.
 
-  Non-finite or NaN entry scores make their whole group's score NaN-free ``-inf`` (whole-group
-  mode) — except NaN, the exclusion marker, which the reduction propagates.
+  In whole-group mode a group with a ±inf entry score scores ``-inf`` (ranks lowest); NaN, the
+  exclusion marker, propagates.
   """
   s = jnp.asarray(scores, jnp.float32)
   shape = s.shape
@@ -361,7 +365,7 @@ def units(grouping: Grouping, scores: jax.Array) -> jax.Array:
     order = tuple(range(0, 2 * nd, 2)) + tuple(range(1, 2 * nd, 2))
     return jnp.transpose(split, order).reshape(g, k)
   if k == 1:
-    return s.reshape(1, g)
+    return s[None]
   member_axes = tuple(range(1, 2 * nd, 2))
   finite = jnp.isfinite(split) | jnp.isnan(split)
   x = jnp.where(finite, split, 0.0)
@@ -372,8 +376,7 @@ def units(grouping: Grouping, scores: jax.Array) -> jax.Array:
   else:
     red = jnp.sum(x, axis=member_axes) / k
   bad = ~jnp.all(finite, axis=member_axes)
-  red = jnp.where(bad, -jnp.inf, red)
-  return red.reshape(1, g)
+  return jnp.where(bad, -jnp.inf, red)[None]
 
 
 def unit_mask(grouping: Grouping, mask: jax.Array) -> jax.Array:
@@ -388,8 +391,8 @@ def unit_mask(grouping: Grouping, mask: jax.Array) -> jax.Array:
     order = tuple(range(0, 2 * nd, 2)) + tuple(range(1, 2 * nd, 2))
     return jnp.transpose(split, order).reshape(g, k)
   if k == 1:
-    return m.reshape(1, g)
-  return jnp.any(split, axis=tuple(range(1, 2 * nd, 2))).reshape(1, g)
+    return m[None]
+  return jnp.any(split, axis=tuple(range(1, 2 * nd, 2)))[None]
 
 
 def expand(grouping: Grouping, unit_values: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -410,9 +413,8 @@ def expand(grouping: Grouping, unit_values: jax.Array, shape: tuple[int, ...]) -
 
 def unit_counts(grouping: Grouping, shape: tuple[int, ...], density: Any) -> jax.Array:
   """Units kept per row at ``density``: ``max(1, round(G·d))`` groups, or ``round(K·d)`` members."""
-  rows, cols = grouping.unit_shape(shape)
-  del rows
-  return select.count_for_density(cols, density)
+  g, k = grouping.layout(shape)
+  return select.count_for_density(k if grouping.within else g, density)
 
 
 def _row_top_k(scores: jax.Array, k: jax.Array) -> jax.Array:
@@ -431,7 +433,7 @@ def select_units(unit_scores: jax.Array, k: Any) -> jax.Array:
   A single row (whole groups, unstructured) goes through ``select.select_top_k`` (radix search,
   traced ``k``); several rows (within groups) are ranked inside each row.
   """
-  rows, _ = unit_scores.shape
+  rows = unit_scores.shape[0]
   if rows == 1:
     return select.select_top_k(unit_scores[0], jnp.reshape(k, (-1,))[0])[None, :]
   return _row_top_k(unit_scores, jnp.broadcast_to(jnp.asarray(k, jnp.int32), (rows,)))

@@ -57,7 +57,7 @@ def _drop_grow_units(
     mask: jax.Array, drop_scores: jax.Array, grow_scores: jax.Array, fraction: Any,
 ) -> jax.Array:
   """Per row of units: drops ⌊f·n_active⌋ lowest active units, grows as many by ``grow_scores``."""
-  n_active = jnp.sum(mask, axis=1, dtype=jnp.int32)
+  n_active = jnp.sum(mask, axis=tuple(range(1, mask.ndim)), dtype=jnp.int32)
   n_drop = jnp.floor(n_active.astype(jnp.float32) * fraction).astype(jnp.int32)
   kept = groups_lib.select_units(_exclude(drop_scores, mask), n_active - n_drop)
   grow = jnp.where(jnp.isfinite(grow_scores), grow_scores, -jnp.inf)
