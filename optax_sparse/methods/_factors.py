@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_sparse import _nonfinite
+
 
 def split(theta: jax.Array, gamma: jax.Array | float) -> tuple[jax.Array, jax.Array]:
   """Returns ``(m, w)`` with ``m * w = theta`` and ``m**2 - w**2 = gamma`` (``m > 0``).
@@ -62,12 +64,15 @@ def factor_step(
     gamma: jax.Array | float,
     masks: Any = None,
     extra_args: dict[str, Any] | None = None,
-) -> tuple[Any, Any, Any, Any]:
-  """One base step on the factors; returns ``(updates, m', w', base_state')``.
+) -> tuple[Any, Any, Any, Any, Any]:
+  """One base step on the factors; returns ``(updates, m', w', base_state', skipped)``.
 
   Eligible leaves emit ``u = m' w' - theta`` (emit-to-land). Masked-out entries (``masks`` leaf
-  False) get a zero gradient, a zero update and factors ``split(0; gamma)``. A leaf whose new
-  factors (or update) are not finite keeps its factors and emits zero.
+  False) get a zero gradient, a zero update and factors ``split(0; gamma)``. Non-finite policy
+  (``docs/nonfinite.md``): a leaf whose gradient or parameter is not finite gives the base zero
+  factor gradients, keeps its factors and its base state, emits zero and is counted in
+  ``skipped`` (int32); a leaf whose new factors (or update) are not finite keeps its factors and
+  emits zero.
   """
   extra_args = extra_args or {}
   treedef = jax.tree.structure(params, is_leaf=_none)
@@ -76,13 +81,16 @@ def factor_step(
   m_l = treedef.flatten_up_to(m)
   w_l = treedef.flatten_up_to(w)
   k_l = [None] * len(p_l) if masks is None else treedef.flatten_up_to(masks)
+  ok_l = [None if g is None or p is None else _nonfinite.finite(g) & _nonfinite.finite(p)
+          for g, p in zip(g_l, p_l, strict=True)]
 
   gm_l, gw_l = [], []
-  for g, p, mi, wi, k in zip(g_l, p_l, m_l, w_l, k_l, strict=True):
+  for g, p, mi, wi, k, ok in zip(g_l, p_l, m_l, w_l, k_l, ok_l, strict=True):
     if g is None or p is None:
       gm_l.append(None)
       gw_l.append(None)
       continue
+    g = jnp.where(ok, g, jnp.zeros_like(g))
     if k is not None:
       g = jnp.where(k, g, jnp.zeros_like(g))
     if mi is None:
@@ -95,12 +103,22 @@ def factor_step(
       gw_l.append(mi * g + lam * wi)
   base_grads = (treedef.unflatten(gm_l), treedef.unflatten(gw_l))
   base_params = base_tree(params, m, w)
+  base_params = jax.tree.map(lambda x, ok: x if ok is None else jnp.where(ok, x, 0.0).astype(
+      x.dtype), base_params, (treedef.unflatten(ok_l), treedef.unflatten(
+          [None if wi is None else ok for wi, ok in zip(w_l, ok_l, strict=True)])),
+      is_leaf=_none)
+  old_base_state = base_state
   (dm, dw), base_state = base.update(base_grads, base_state, base_params, **extra_args)
+  ok_tree = (treedef.unflatten(ok_l),
+             treedef.unflatten([None if wi is None else ok for wi, ok in zip(w_l, ok_l,
+                                                                               strict=True)]))
+  base_state = _nonfinite.keep_state(base, base_state, old_base_state, ok_tree, base_params)
   dm_l = treedef.flatten_up_to(dm)
   dw_l = treedef.flatten_up_to(dw)
 
   u_l, new_m, new_w = [], [], []
-  for p, mi, wi, dmi, dwi, k in zip(p_l, m_l, w_l, dm_l, dw_l, k_l, strict=True):
+  for p, mi, wi, dmi, dwi, k, leaf_ok in zip(p_l, m_l, w_l, dm_l, dw_l, k_l, ok_l,
+                                             strict=True):
     if p is None:
       u_l.append(None)
       new_m.append(None)
@@ -108,7 +126,7 @@ def factor_step(
       continue
     if mi is None:
       u = dmi.astype(jnp.float32)
-      ok = jnp.all(jnp.isfinite(u))
+      ok = leaf_ok & jnp.all(jnp.isfinite(u))
       u = jnp.where(ok, u, 0.0)
       if k is not None:
         u = jnp.where(k, u, 0.0)
@@ -119,18 +137,22 @@ def factor_step(
     m2 = mi + dmi.astype(jnp.float32)
     w2 = wi + dwi.astype(jnp.float32)
     u = m2 * w2 - p.astype(jnp.float32)
-    ok = jnp.all(jnp.isfinite(u))
+    ok = leaf_ok & jnp.all(jnp.isfinite(u))
     m2, w2 = jnp.where(ok, m2, mi), jnp.where(ok, w2, wi)
     u = jnp.where(ok, u, 0.0)
     if k is not None:
       m0, w0 = split(jnp.zeros_like(m2), gamma)
       m2, w2 = jnp.where(k, m2, m0), jnp.where(k, w2, w0)
+      m2 = jnp.where(leaf_ok, m2, mi)
+      w2 = jnp.where(leaf_ok, w2, wi)
       u = jnp.where(k, u, 0.0)
     u_l.append(u.astype(p.dtype))
     new_m.append(m2)
     new_w.append(w2)
+  skipped = sum(((~ok).astype(jnp.int32) for ok in ok_l if ok is not None),
+                jnp.zeros([], jnp.int32))
   return (treedef.unflatten(u_l), treedef.unflatten(new_m), treedef.unflatten(new_w),
-          base_state)
+          base_state, skipped)
 
 
 def l1_of_products(m: Any, w: Any) -> jax.Array:

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import optax
 from optax._src import base as optax_base
 
-from optax_sparse import _eligibility
+from optax_sparse import _eligibility, _nonfinite, _validation
 from optax_sparse._hyperparams import check_scalar, evaluate
 from optax_sparse.geometry import potentials
 from optax_sparse.methods import _factors
@@ -75,21 +75,31 @@ class PilotSchedule(NamedTuple):
 
 
 class PilotState(NamedTuple):
-  """State of :func:`pilot`: counter, factors (None off the reparameterized leaves), schedule."""
+  """State of :func:`pilot`: counter, factors (None off the reparameterized leaves), schedule.
+
+  ``skipped_leaves`` counts the (leaf, step) pairs skipped under the non-finite policy
+  (``docs/nonfinite.md``).
+  """
 
   count: jax.Array
   m: Any
   w: Any
   base_state: Any
   schedule: PilotSchedule
+  skipped_leaves: jax.Array
 
 
 class PilotMirrorState(NamedTuple):
-  """State of :func:`pilot_mirror`: counter, hypentropy scale ``a_t = gamma_t / 2``, schedule."""
+  """State of :func:`pilot_mirror`: counter, hypentropy scale ``a_t = gamma_t / 2``, schedule.
+
+  ``skipped_leaves`` counts the (leaf, step) pairs skipped under the non-finite policy
+  (``docs/nonfinite.md``).
+  """
 
   count: jax.Array
   scale: jax.Array
   schedule: PilotSchedule
+  skipped_leaves: jax.Array
 
 
 def _check(beta, lambda_init, delta, target_l1, steps_per_epoch, total_epochs):
@@ -188,26 +198,30 @@ def pilot(
       optax.trace(decay=0.9) if base is None else base)
 
   def init_fn(params):
+    _validation.check_float_params(params)
     flags = _eligibility.eligible_tree(where, params)
     m, w = _factors.init_factors(params, flags, beta)
     base_state = direction.init(_factors.base_tree(params, m, w))
-    return PilotState(jnp.zeros([], jnp.int32), m, w, base_state, _init_schedule(lambda_init))
+    return PilotState(jnp.zeros([], jnp.int32), m, w, base_state, _init_schedule(lambda_init),
+                      jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax_base.NO_PARAMS_MSG)
+    _validation.check_grads(updates, params)
     accuracy = extra_args.pop("train_accuracy", None)
     extra_args.pop("masks", None)
     count = state.count
     lr = evaluate(learning_rate, count)
     scaled = _ScaledBase(direction, lr)
-    new_updates, m, w, base_state = _factors.factor_step(
+    new_updates, m, w, base_state, skipped = _factors.factor_step(
         updates, params, state.m, state.w, scaled, state.base_state, state.schedule.lam, beta,
         None, extra_args)
     l1 = _factors.l1_of_products(m, w)
     sched = _next_schedule(state.schedule, count, l1, accuracy, delta, target_l1,
                            steps_per_epoch, total_epochs)
-    return new_updates, PilotState(optax.safe_increment(count), m, w, base_state, sched)
+    return new_updates, PilotState(optax.safe_increment(count), m, w, base_state, sched,
+                                   state.skipped_leaves + skipped)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -279,13 +293,14 @@ def pilot_mirror(
   _eligibility.check_where("where", where)
 
   def init_fn(params):
-    del params
+    _validation.check_float_params(params)
     return PilotMirrorState(jnp.zeros([], jnp.int32), jnp.asarray(0.5 * beta, jnp.float32),
-                            _init_schedule(lambda_init))
+                            _init_schedule(lambda_init), jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax_base.NO_PARAMS_MSG)
+    _validation.check_grads(updates, params)
     accuracy = extra_args.get("train_accuracy")
     count = state.count
     lr = evaluate(learning_rate, count)
@@ -295,15 +310,21 @@ def pilot_mirror(
     flags = _eligibility.eligible_tree(where, params)
     l1_terms = []
 
+    skips = []
+
     def leaf(g, p, elig):
       if g is None or p is None:
         return None
-      g32 = g.astype(jnp.float32)
+      # Non-finite policy (docs/nonfinite.md): a leaf whose gradient or parameter is not
+      # finite emits 0 and is counted.
+      leaf_ok = _nonfinite.finite(g) & _nonfinite.finite(p)
+      skips.append((~leaf_ok).astype(jnp.int32))
+      g32 = jnp.where(leaf_ok, g.astype(jnp.float32), 0.0)
       if not elig:
-        return (-lr * g32).astype(p.dtype)
-      theta = p.astype(jnp.float32)
+        return jnp.where(leaf_ok, -lr * g32, 0.0).astype(p.dtype)
+      theta = jnp.where(leaf_ok, p.astype(jnp.float32), 0.0)
       new = shrink * potential.step(theta, g32, 2.0 * lr, count)
-      ok = jnp.all(jnp.isfinite(new))
+      ok = leaf_ok & jnp.all(jnp.isfinite(new))
       new = jnp.where(ok, new, theta)
       l1_terms.append(jnp.sum(jnp.abs(new)))
       return (new - theta).astype(p.dtype)
@@ -312,6 +333,8 @@ def pilot_mirror(
     l1 = sum(l1_terms, jnp.zeros([], jnp.float32))
     sched = _next_schedule(state.schedule, count, l1, accuracy, delta, target_l1,
                            steps_per_epoch, total_epochs)
-    return new_updates, PilotMirrorState(optax.safe_increment(count), a * shrink, sched)
+    return new_updates, PilotMirrorState(optax.safe_increment(count), a * shrink, sched,
+                                         state.skipped_leaves + sum(skips, jnp.zeros([],
+                                                                                  jnp.int32)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

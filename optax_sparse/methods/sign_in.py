@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import optax
 from optax._src import base as optax_base
 
-from optax_sparse import _eligibility
+from optax_sparse import _eligibility, _validation
 from optax_sparse._hyperparams import check_scalar
 from optax_sparse.methods import _factors
 
@@ -53,12 +53,15 @@ class SignInState(NamedTuple):
     m: float32 factors ``m`` (params structure, None on leaves that are not reparameterized).
     w: float32 factors ``w`` (same structure).
     base_state: the base optimizer's state over the factor tree ``(m or theta, w or None)``.
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (``docs/nonfinite.md``).
   """
 
   count: jax.Array
   m: Any
   w: Any
   base_state: Any
+  skipped_leaves: jax.Array
 
 
 def sign_in(
@@ -106,23 +109,23 @@ def sign_in(
     Gadhikar, Jacobs, Zhou, Burkholz, `Sign-In to the Lottery: Reparameterized Sparse Training
     <https://arxiv.org/abs/2504.12801>`_, NeurIPS 2025.
   """
-  if not isinstance(base, optax.GradientTransformation):
-    raise ValueError(f"base must be an optax.GradientTransformation; got {base!r}.")
-  if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 1:
-    raise ValueError(f"reset_every must be a positive int; got {reset_every!r}.")
+  _validation.check_transformation("base", base)
+  _validation.check_int("reset_every", reset_every, low=1, allow_traced=True)
   check_scalar("gamma", gamma, low=0.0, low_open=True, allow_schedule=False)
   _eligibility.check_where("where", where)
   base = optax.with_extra_args_support(base)
 
   def init_fn(params):
+    _validation.check_float_params(params)
     flags = _eligibility.eligible_tree(where, params)
     m, w = _factors.init_factors(params, flags, gamma)
     base_state = base.init(_factors.base_tree(params, m, w))
-    return SignInState(jnp.zeros([], jnp.int32), m, w, base_state)
+    return SignInState(jnp.zeros([], jnp.int32), m, w, base_state, jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax_base.NO_PARAMS_MSG)
+    _validation.check_grads(updates, params)
     masks = extra_args.pop("masks", None)
     count = state.count
     reset = (count > 0) & (count % reset_every == 0)
@@ -139,9 +142,10 @@ def sign_in(
         treedef.flatten_up_to(state.w), strict=True)]
     m = treedef.unflatten([a for a, _ in pairs])
     w = treedef.unflatten([b for _, b in pairs])
-    new_updates, m, w, base_state = _factors.factor_step(
+    new_updates, m, w, base_state, skipped = _factors.factor_step(
         updates, params, m, w, base, state.base_state, 0.0, gamma, masks, extra_args)
-    return new_updates, SignInState(optax.safe_increment(count), m, w, base_state)
+    return new_updates, SignInState(optax.safe_increment(count), m, w, base_state,
+                                    state.skipped_leaves + skipped)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

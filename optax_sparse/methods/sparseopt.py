@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from optax._src import base as optax_base
 
-from optax_sparse import _eligibility
+from optax_sparse import _eligibility, _nonfinite
 from optax_sparse._hyperparams import check_scalar
 
 __all__ = ["SparseOptState", "sparseopt", "sparseopt_scale"]
@@ -130,7 +130,10 @@ def sparseopt(
       if not -g.ndim <= axis < g.ndim:
         raise ValueError(f"axis {axis} is out of range for a leaf of shape {g.shape}.")
       scale = sparseopt_scale(mask, axis, eps)
-      out.append((g.astype(jnp.float32) * scale).astype(g.dtype))
+      # Non-finite policy (docs/nonfinite.md): a leaf with a NaN/Inf gradient (or parameter)
+      # is emitted as zeros; stateless, so the optimizer it feeds counts the skip.
+      ok = _nonfinite.finite(g) & (True if p is None else _nonfinite.finite(p))
+      out.append(jnp.where(ok, g.astype(jnp.float32) * scale, 0.0).astype(g.dtype))
     return treedef.unflatten(out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
