@@ -8,6 +8,7 @@ from optax_sparse.geometry.decay import (
     decay_switch_off,
     decoupled_weight_decay,
 )
+from optax_sparse.geometry.ham_alpha import HamDiagnostics, ham_diagnostics, suggest_ham_alpha
 from optax_sparse.geometry.hyperbolic import (
     HyperbolicStepState,
     ham,
@@ -21,6 +22,7 @@ from optax_sparse.geometry.steepest import scale_by_steepest, steepest_descent
 
 __all__: list[str] = [
     "DecoupledWeightDecayState",
+    "HamDiagnostics",
     "HyperbolicStepState",
     "MirrorDescentState",
     "PaperAdamWState",
@@ -29,6 +31,7 @@ __all__: list[str] = [
     "decay_switch_off",
     "decoupled_weight_decay",
     "ham",
+    "ham_diagnostics",
     "hyperbolic_adamw",
     "hyperbolic_factor",
     "hyperbolic_step",
@@ -36,4 +39,5 @@ __all__: list[str] = [
     "potentials",
     "scale_by_steepest",
     "steepest_descent",
+    "suggest_ham_alpha",
 ]
