@@ -5,7 +5,7 @@ Every public factory returns an ``optax.GradientTransformationExtraArgs`` with a
 ``optax.MultiSteps``, ``optax.inject_hyperparams``, ``jax.lax.cond`` and under ``jax.jit``.
 """
 
-from optax_sparse import export, geometry, kernels, masks, methods, sharding
+from optax_sparse import export, geometry, kernels, masks, methods, pruning, sharding
 from optax_sparse.compose import ComposeState, compose
 from optax_sparse.export import (
     CompressedParams,
@@ -19,6 +19,7 @@ from optax_sparse.export import (
 from optax_sparse.geometry import *  # noqa: F403 - each subpackage has an explicit __all__
 from optax_sparse.masks import *  # noqa: F403
 from optax_sparse.methods import *  # noqa: F403
+from optax_sparse.pruning import *  # noqa: F403
 from optax_sparse.report import LeafReport, SparsityReport, connectivity_image, sparsity_report
 from optax_sparse.sharding import Collective, collectives, state_shardings
 
@@ -38,6 +39,8 @@ __all__ = [
     *geometry.__all__,
     *masks.__all__,
     *methods.__all__,
+    "pruning",
+    *pruning.__all__,
     "LeafReport",
     "SparsityReport",
     "connectivity_image",
