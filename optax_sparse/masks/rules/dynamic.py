@@ -30,7 +30,13 @@ def _drop_fraction_schedule(
 ) -> Callable[[Any], Any]:
   _hyperparams.check_scalar(name, drop_fraction, low=0.0, high=1.0)
   if callable(drop_fraction):
-    return lambda t: _hyperparams.evaluate(drop_fraction, t)
+    # Whatever the schedule returns, the fraction used is clip(f, 0, 1) with NaN read as 0 (no
+    # connection moves): per-leaf counts never change (docs/nonfinite.md).
+    def clipped(t):
+      f = _hyperparams.evaluate(drop_fraction, t)
+      return jnp.clip(jnp.where(jnp.isnan(f), 0.0, f), 0.0, 1.0)
+
+    return clipped
   if end_step is None:
     return lambda t: jnp.asarray(drop_fraction, jnp.float32)
 

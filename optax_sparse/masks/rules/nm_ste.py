@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
+from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation
 from optax_sparse.masks import select
 from optax_sparse.masks.rules._base import (
   MaskRule,
@@ -94,12 +94,15 @@ class SrSteState(NamedTuple):
     masks: the current N:M masks E (bool, None for dense leaves).
     dense: the dense shadow weights W (None for dense leaves, whose weights are the params).
     inner_state: the inner optimizer's state (on W).
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (``docs/nonfinite.md``).
   """
 
   count: jax.Array
   masks: Any
   dense: Any
   inner_state: optax.OptState
+  skipped_leaves: jax.Array
 
 
 def sr_ste(
@@ -161,6 +164,7 @@ def sr_ste(
     arXiv 2102.04010. Bambhaniya et al., *Progressive Gradient Flow for Robust N:M Sparsity
     Training in Transformers*, arXiv 2402.04744.
   """
+  _validation.check_transformation("inner", inner)
   _check_nm(n, m)
   _hyperparams.check_scalar("refine", refine, low=0.0)
   if mask_decay is not None:
@@ -172,20 +176,28 @@ def sr_ste(
     return select.nm_mask(_magnitude(w), n, m, axis)
 
   def init_fn(params):
+    _validation.check_float_params(params)
     eligible = _eligibility.eligible_tree(where, params)
     template = _template(eligible, params)
     masks = jax.jit(lambda t: _leafwise(pattern, t))(template)
     dense = _leafwise(lambda p: p, template)
     return SrSteState(
         count=jnp.zeros([], jnp.int32), masks=masks, dense=dense,
-        inner_state=inner.init(params))
+        inner_state=inner.init(params), skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    _validation.check_grads(grads, params)
+    # Schedules out of range: λ_W clipped to >= 0 and b_t to [0, 1], NaN read as 0.
     lam = _hyperparams.evaluate(refine, state.count)
+    lam = jnp.maximum(jnp.where(jnp.isnan(lam), 0.0, lam), 0.0)
     b_t = (jnp.zeros([], jnp.float32) if mask_decay is None
            else _hyperparams.evaluate(mask_decay, state.count))
+    b_t = jnp.clip(jnp.where(jnp.isnan(b_t), 0.0, b_t), 0.0, 1.0)
+    # Non-finite policy (docs/nonfinite.md): a leaf whose gradient or parameter is not finite
+    # is skipped (W, mask and inner state kept, update 0), counted.
+    ok = _nonfinite.ok_tree(grads, params)
     masks = state.masks
     # The full weights the inner optimizer acts on: W on eligible leaves, params elsewhere.
     weights = jax.tree.map(
@@ -199,11 +211,14 @@ def sr_ste(
         lambda e, g, w: g if e is None else refined(e, g, w), masks, grads, weights,
         is_leaf=_is_none)
     extra_args.pop("masks", None)
-    u_w, inner_state = inner.update(g_w, state.inner_state, weights, masks=masks, **extra_args)
+    u_w, inner_state = _nonfinite.guard(
+        inner, g_w, state.inner_state, weights, ok, masks=masks, **extra_args)
     new_w = jax.tree.map(
         lambda e, w, u: None if e is None else (jnp.asarray(w, jnp.float32) + u).astype(w.dtype),
         masks, weights, u_w, is_leaf=_is_none)
     new_masks = _leafwise(pattern, new_w)
+    new_masks = jax.tree.map(lambda n_, o, k: None if n_ is None else jnp.where(k, n_, o),
+                             new_masks, masks, ok, is_leaf=_is_none)
 
     def emit(e, u, p, w):
       if e is None:
@@ -212,8 +227,10 @@ def sr_ste(
       return (value - jnp.asarray(p, jnp.float32)).astype(p.dtype)
 
     updates = jax.tree.map(emit, new_masks, u_w, params, new_w, is_leaf=_is_none)
+    updates = _nonfinite.zero_bad(updates, ok)
     return updates, SrSteState(
         count=optax.safe_increment(state.count), masks=new_masks, dense=new_w,
-        inner_state=inner_state)
+        inner_state=inner_state,
+        skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
