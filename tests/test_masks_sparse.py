@@ -177,8 +177,9 @@ def test_projection_is_exact_in_bf16_and_f32():
   params = {"w32": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32),
             "w16": jnp.asarray(rng.normal(size=(4, 4)), jnp.bfloat16)}
   grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-  masks = {"w32": jnp.asarray(rng.random((4, 4)) < 0.5),
-           "w16": jnp.asarray(rng.random((4, 4)) < 0.5)}
+  # Exactly half of each leaf: initial masks must keep the count the sparsity gives.
+  masks = {"w32": jnp.asarray(rng.permutation(16).reshape(4, 4) < 8),
+           "w16": jnp.asarray(rng.permutation(16).reshape(4, 4) < 8)}
   inner = optax.adamw(0.1, weight_decay=0.5)  # moves every entry, pruned ones included
   tx = osp.sparse(inner, osp.static_random(), 0.5, initial_masks=masks)
   state = tx.init(params)

@@ -350,14 +350,15 @@ def sparse(
   _validation.check_seed(seed)
   from optax_sparse.masks import distributions as _dist  # noqa: PLC0415 - sibling module.
 
-  if distribution is not None and not isinstance(distribution, _dist.LayerDistribution):
-    raise TypeError(
+  if (distribution is not None and rule.scope == "layer"
+      and not isinstance(distribution, _dist.LayerDistribution)):
+    raise _validation.ArgumentTypeError(
         f"distribution must be a LayerDistribution (osp.uniform(), osp.er(), osp.erk()) or "
         f"None; got {distribution!r}.")
   for flag_name, flag in (("sparse_gradients", sparse_gradients),
                           ("skip_update_on_mask_step", skip_update_on_mask_step)):
     if not isinstance(flag, bool):
-      raise TypeError(f"{flag_name} must be a bool; got {flag!r}.")
+      raise _validation.ArgumentTypeError(f"{flag_name} must be a bool; got {flag!r}.")
   if rule.scope == "pattern":
     if sparsity is not None:
       raise ValueError(
