@@ -117,6 +117,14 @@ class LayerDistribution:
       sizes.append(math.prod(shape))
       raws.append(_RAW[self.kind](shape, self.power) if sizes[-1] else 0.0)
       fixed.append(1.0 if dense[i] else self._override(path, leaf))
+    if self.overrides is not None and not callable(self.overrides):
+      # A key that names no parameter leaf is a typo, never silently ignored.
+      names = {jax.tree_util.keystr(path) for path, _ in leaves_with_path}
+      unknown = sorted(set(self.overrides) - names)
+      if unknown:
+        raise ValueError(
+            f"overrides has keys that match no parameter leaf: {unknown}; the leaves are "
+            f"{sorted(names)}.")
     return treedef, len(leaves_with_path), slots, sizes, raws, fixed
 
   def _dense_flags(self, params: Any, count: int) -> list[bool]:
