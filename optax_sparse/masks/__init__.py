@@ -1,7 +1,7 @@
 """Masks: selection, layer densities, scores, rules and the mask-owning combinator."""
 
 from optax_sparse.masks import groups
-from optax_sparse.masks.distributions import LayerDistribution, er, erk, uniform
+from optax_sparse.masks.distributions import LayerDistribution, balanced, er, erk, uniform
 from optax_sparse.masks.finetune import KeepMaskState, fixed_mask, keep_mask, merge_masked
 from optax_sparse.masks.rules import (
     ImpState,
@@ -23,6 +23,7 @@ from optax_sparse.masks.rules import (
     static_random,
 )
 from optax_sparse.masks.scores import (
+    adam_fisher_scores,
     grasp_scores,
     magnitude_scores,
     masks_from_scores,
@@ -74,9 +75,11 @@ __all__: list[str] = [
     "select_top_k",
     "select_top_k_global",
     "LayerDistribution",
+    "balanced",
     "er",
     "erk",
     "uniform",
+    "adam_fisher_scores",
     "grasp_scores",
     "magnitude_scores",
     "masks_from_scores",

@@ -52,7 +52,7 @@ import numpy as np
 
 from optax_sparse import _eligibility, _hyperparams
 
-__all__ = ["LayerDistribution", "er", "erk", "uniform"]
+__all__ = ["LayerDistribution", "balanced", "er", "erk", "uniform"]
 
 Overrides = Mapping[str, float] | Callable[[Any, Any], float | None] | None
 
@@ -74,7 +74,12 @@ def _raw_erk(shape: tuple[int, ...], power: float) -> float:
   return (sum(shape) / math.prod(shape)) ** power
 
 
-_RAW = {"uniform": _raw_uniform, "er": _raw_er, "erk": _raw_erk}
+def _raw_balanced(shape: tuple[int, ...], power: float) -> float:
+  del power
+  return 1.0 / math.prod(shape)
+
+
+_RAW = {"uniform": _raw_uniform, "er": _raw_er, "erk": _raw_erk, "balanced": _raw_balanced}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,7 +87,7 @@ class LayerDistribution:
   """A layer-wise density distribution (build it with ``uniform``, ``er`` or ``erk``).
 
   Attributes:
-    kind: ``"uniform"``, ``"er"`` or ``"erk"``.
+    kind: ``"uniform"``, ``"er"``, ``"erk"`` or ``"balanced"``.
     power: the ERK exponent on ``sum(dims) / prod(dims)``.
     dense: leaves kept dense: None, a predicate ``(path, leaf) -> bool`` or a pytree of bools.
     overrides: fixed densities: a mapping from ``jax.tree_util.keystr(path)`` to a density, or a
@@ -320,3 +325,37 @@ def erk(power: float = 1.0, *, dense: Any = None, overrides: Overrides = None) -
   _check_power(power)
   _eligibility.check_where("dense", dense)
   return LayerDistribution("erk", float(power), dense, overrides)
+
+
+def balanced(*, dense: Any = None, overrides: Overrides = None) -> LayerDistribution:
+  """Balanced ER distribution: every eligible leaf gets the same number of nonzeros.
+
+  .. math::
+    d_l = \\min\\left(1, \\frac{\\epsilon}{n_l}\\right),\\quad \\sum_l d_l n_l = (1 - S) N
+
+  so d_l n_l = (1 − S) N / L for L leaves while no leaf is full. With random masks
+  (``osp.static_random()``) this is the "balanced" layer-wise ratio of random (ER) source
+  networks. Leaves whose density would exceed 1 are made dense and the others re-solved so the
+  total is met exactly (the authors' code caps those leaves at 1 and leaves the total short).
+
+  Args:
+    dense: leaves kept dense (None, a predicate ``(path, leaf) -> bool`` or a pytree of bools).
+    overrides: fixed densities by ``keystr`` path (a mapping) or a function of ``(path, leaf)``.
+
+  Returns:
+    A ``LayerDistribution``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_sparse as osp
+    >>> params = {'a': jnp.zeros((10, 10)), 'b': jnp.zeros((10, 40))}
+    >>> d = osp.balanced().densities(params, 0.8)  # 50 nonzeros each
+    >>> round(float(d['a']), 4), round(float(d['b']), 4)
+    (0.5, 0.125)
+
+  References:
+    Gadhikar, Mukherjee, Burkholz, *Why Random Pruning Is All We Need to Start Sparse*,
+    ICML 2023, arXiv 2210.02412.
+  """
+  _eligibility.check_where("dense", dense)
+  return LayerDistribution("balanced", 1.0, dense, overrides)

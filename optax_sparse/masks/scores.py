@@ -44,11 +44,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optax_sparse import _eligibility, _hyperparams
 from optax_sparse.masks import select
 
 __all__ = [
+    "adam_fisher_scores",
     "grasp_scores",
     "magnitude_scores",
     "masks_from_scores",
@@ -95,6 +97,53 @@ def magnitude_scores(params: Any) -> Any:
     [2.0, 1.0]
   """
   return _map(lambda p: jnp.abs(jnp.asarray(p, jnp.float32)), params)
+
+
+def adam_fisher_scores(params: Any, opt_state: Any) -> Any:
+  """Adam-Fisher saliency ``θ² ⊙ ν``: a diagonal Fisher estimate from Adam's second moment.
+
+  .. math::
+    s = θ^2 ⊙ ν, \\qquad ν_t = β_2 ν_{t-1} + (1 - β_2) g_t^2 \\approx \\operatorname{diag} F
+
+  Under a diagonal Fisher model, removing weight i raises the loss by about ½ F_ii θ_i², so the
+  largest scores are kept (``masks_from_scores``). ν is found by name in any optimizer state
+  (``optax.adam``, ``adamw``, inside ``chain``, ``sparse()``, ``inject_hyperparams``, ...): the one
+  field ``nu`` shaped like the parameters; ν is used as stored (Adam's bias correction rescales
+  every score by the same factor, so the ranking does not change).
+
+  Args:
+    params: the parameters.
+    opt_state: an optimizer state holding exactly one Adam-type ``nu`` like the parameters.
+
+  Returns:
+    A pytree of float32 scores with the parameters' structure (``None`` leaves stay ``None``).
+
+  Raises:
+    ValueError: naming ``opt_state`` when it has no such ``nu`` or more than one.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import optax_sparse as osp
+    >>> params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    >>> tx = optax.adam(1e-3, b2=0.5)
+    >>> _, state = tx.update({"w": jnp.array([2.0, 1.0, 0.0])}, tx.init(params), params)
+    >>> osp.adam_fisher_scores(params, state)["w"].tolist()  # θ² · 0.5 g²
+    [2.0, 2.0, 0.0]
+
+  References:
+    jaxpruner's ``adam-fisher`` pruner, a diagonal version of the WoodFisher scores of Singh,
+    Alistarh, *WoodFisher: Efficient Second-Order Approximation for Neural Network Compression*,
+    arXiv 2004.14340.
+  """
+  p_def = jax.tree.structure(params, is_leaf=_is_none)
+  found = [v for _, v in optax.tree.get_all_with_path(opt_state, "nu")
+           if jax.tree.structure(v, is_leaf=_is_none) == p_def]
+  if len(found) != 1:
+    raise ValueError(
+        f"opt_state must hold exactly one Adam second moment 'nu' shaped like the parameters; "
+        f"found {len(found)}.")
+  return _map(lambda p, nu: jnp.asarray(p, jnp.float32) ** 2 * jnp.asarray(nu, jnp.float32),
+              params, found[0])
 
 
 def snip_scores(
