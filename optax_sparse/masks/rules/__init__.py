@@ -73,11 +73,13 @@ from optax_sparse.masks.rules.imp import ImpState, imp, imp_schedule, imp_step
 from optax_sparse.masks.rules.magnitude import global_magnitude, one_shot_magnitude, static_random
 from optax_sparse.masks.rules.nm_ste import SrSteState, nm, sr_ste
 from optax_sparse.masks.rules.schedules import gradual_magnitude, gradual_sparsity
+from optax_sparse.masks.rules.ste import SteState, magnitude_ste, random_ste
 
 __all__ = [
     "ImpState",
     "MaskRule",
     "SrSteState",
+    "SteState",
     "Target",
     "acdc",
     "global_magnitude",
@@ -86,8 +88,10 @@ __all__ = [
     "imp",
     "imp_schedule",
     "imp_step",
+    "magnitude_ste",
     "nm",
     "one_shot_magnitude",
+    "random_ste",
     "rigl",
     "set_",
     "sr_ste",
