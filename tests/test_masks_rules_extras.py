@@ -40,3 +40,31 @@ def test_adam_fisher_scores_match_theta_squared_nu_and_find_nu_anywhere():
                                rtol=1e-5)
   with pytest.raises(ValueError, match="opt_state"):
     osp.adam_fisher_scores(params, optax.sgd(0.1).init(params))
+
+
+def test_iterative_nm_grows_to_the_nm_pattern_containing_it_at_every_event():
+  rule = osp.iterative_nm(2, 4, begin_step=0, end_step=4, frequency=2)
+  tx = osp.sparse(optax.sgd(0.05), rule, sparsity=None)
+  params = {"w": jax.random.normal(jax.random.PRNGKey(0), (8, 3))}
+  state = tx.init(params)
+  assert np.asarray(osp.get_masks(state)["w"]).all()
+  step = jax.jit(tx.update)
+  prev = np.ones((8, 3), bool)
+  for t in range(5):
+    theta = np.asarray(params["w"])
+    updates, state = step(jax.tree.map(jnp.sin, params), state, params)
+    params = optax.apply_updates(params, updates)
+    m = np.asarray(osp.get_masks(state)["w"])
+    if t in (0, 2, 4):
+      s_t = 0.5 * (1 - (1 - t / 4) ** 3)
+      assert m.sum() == max(1, round(24 * (1 - s_t)))
+      # Every group of 4 along axis -2 keeps its 2 largest active |θ|.
+      a = np.where(prev, np.abs(theta), -1.0).reshape(2, 4, 3)
+      top2 = np.argsort(-a, axis=1, kind="stable")[:, :2]
+      for g in range(2):
+        for j in range(3):
+          assert m.reshape(2, 4, 3)[g, top2[g, :, j], j].all()
+    assert not (m & ~prev).any()  # pruned stay pruned
+    prev = m
+  assert (m.reshape(2, 4, 3).sum(1) == 2).all()
+  assert (np.asarray(params["w"])[~m] == 0.0).all()

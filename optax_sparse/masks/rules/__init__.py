@@ -71,6 +71,7 @@ from optax_sparse.masks.rules.alternating import acdc
 from optax_sparse.masks.rules.dynamic import rigl, set_
 from optax_sparse.masks.rules.imp import ImpState, imp, imp_schedule, imp_step
 from optax_sparse.masks.rules.magnitude import global_magnitude, one_shot_magnitude, static_random
+from optax_sparse.masks.rules.nm_schedule import iterative_nm
 from optax_sparse.masks.rules.nm_ste import SrSteState, nm, sr_ste
 from optax_sparse.masks.rules.schedules import gradual_magnitude, gradual_sparsity
 from optax_sparse.masks.rules.ste import SteState, magnitude_ste, random_ste
@@ -88,6 +89,7 @@ __all__ = [
     "imp",
     "imp_schedule",
     "imp_step",
+    "iterative_nm",
     "magnitude_ste",
     "nm",
     "one_shot_magnitude",
