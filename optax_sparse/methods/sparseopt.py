@@ -124,15 +124,18 @@ def sparseopt(
     out = []
     for g, elig, p, k in zip(g_l, f_l, p_l, k_l, strict=True):
       mask = k if masks is not None else (None if p is None else p != 0)
-      if g is None or not elig or mask is None or g.ndim < 1:
+      if g is None:
         out.append(g)
+        continue
+      # Non-finite policy (docs/nonfinite.md): a leaf with a NaN/Inf gradient (or parameter)
+      # is emitted as zeros; stateless, so the optimizer it feeds counts the skip.
+      ok = _nonfinite.finite(g) & (True if p is None else _nonfinite.finite(p))
+      if not elig or mask is None or g.ndim < 1:
+        out.append(jnp.where(ok, g, jnp.zeros_like(g)))
         continue
       if not -g.ndim <= axis < g.ndim:
         raise ValueError(f"axis {axis} is out of range for a leaf of shape {g.shape}.")
       scale = sparseopt_scale(mask, axis, eps)
-      # Non-finite policy (docs/nonfinite.md): a leaf with a NaN/Inf gradient (or parameter)
-      # is emitted as zeros; stateless, so the optimizer it feeds counts the skip.
-      ok = _nonfinite.finite(g) & (True if p is None else _nonfinite.finite(p))
       out.append(jnp.where(ok, g.astype(jnp.float32) * scale, 0.0).astype(g.dtype))
     return treedef.unflatten(out), state
 

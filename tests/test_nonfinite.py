@@ -1,0 +1,150 @@
+"""The non-finite policy (docs/nonfinite.md), injected into every registered transformation.
+
+A leaf whose gradient or parameter holds a NaN or an infinity is skipped for that step: its update
+is exactly 0, every state leaf stays finite, mask counts never change and transformations with
+a ``skipped_leaves`` counter count the skip. One jitted step per case (small shapes).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from common_cases import all_cases
+
+# A registered chain whose first stage is a foreign optax optimizer (optax.scale_by_adam before
+# osp.decoupled_weight_decay) feeds the raw gradient to that optimizer before any of ours sees
+# it: outside the policy of this library (docs/nonfinite.md, "Where the policy ends").
+FOREIGN_FIRST = {"decoupled_weight_decay_adam"}
+CASES = [c for c in all_cases() if c.name not in FOREIGN_FIRST]
+# Not yet under the policy (its compact state is updated from the raw gradient): reported to its
+# owner; strict, so that the mark goes when it is fixed.
+PENDING = {"keep_mask_compact_sgd_momentum"}
+PARAMS = [pytest.param(c, id=c.name, marks=pytest.mark.xfail(strict=True, reason="pending"))
+          if c.name in PENDING else pytest.param(c, id=c.name) for c in CASES]
+
+
+def _problem():
+  params = {"w": jnp.linspace(-1.0, 1.0, 32, dtype=jnp.float32).reshape(4, 8),
+            "b": jnp.array([0.5, -0.25, 0.1, 1.0], jnp.float32)}
+  grads = {"w": jnp.linspace(0.3, -0.2, 32, dtype=jnp.float32).reshape(4, 8),
+           "b": jnp.array([0.1, -0.2, 0.3, -0.4], jnp.float32)}
+  return params, grads
+
+
+def _float_leaves(tree):
+  return [x for x in jax.tree.leaves(tree)
+          if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def _skips(state):
+  found = optax.tree.get_all_with_path(state, "skipped_leaves")
+  return sum(int(v) for _, v in found), bool(found)
+
+
+def _mask_counts(state):
+  sentinel = object()
+  masks = optax.tree.get(state, "masks", sentinel)
+  if masks is sentinel:
+    return None
+  return [int(jnp.sum(m)) for m in jax.tree.leaves(masks)]
+
+
+def _inject(kind, params, grads):
+  g = dict(grads)
+  p = dict(params)
+  if kind == "nan_entry":
+    g["w"] = g["w"].at[1, 2].set(jnp.nan)
+  elif kind == "inf_entry":
+    g["b"] = g["b"].at[0].set(jnp.inf)
+  elif kind == "nan_leaf":
+    g["w"] = jnp.full_like(g["w"], jnp.nan)
+  elif kind == "nan_param":
+    p["w"] = p["w"].at[0, 0].set(jnp.nan)
+  bad = "b" if kind == "inf_entry" else "w"
+  return p, g, bad
+
+
+KINDS = ("nan_entry", "inf_entry", "nan_leaf", "nan_param")
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_injection_keeps_state_finite_and_masks_exact(case):
+  tx = case.build()
+  params, grads = _problem()
+  state = tx.init(params)
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, **case.extra_args))
+  for _ in range(2):
+    u, state = step(grads, state, params)
+    params = optax.apply_updates(params, u)
+  for kind in KINDS:
+    p_in, g_in, bad = _inject(kind, params, grads)
+    counts = _mask_counts(state)
+    skips, counted = _skips(state)
+    u, new_state = step(g_in, state, p_in)
+    # No state entry becomes non-finite (PILoT's best accuracy starts at -inf by design).
+    for x, old in zip(_float_leaves(new_state), _float_leaves(state), strict=True):
+      assert bool(jnp.all(jnp.isfinite(x) | ~jnp.isfinite(old))), (
+          f"{case.name}/{kind}: a state leaf is not finite")
+    for k, x in u.items():
+      if k != bad:
+        assert bool(jnp.all(jnp.isfinite(x))), f"{case.name}/{kind}: update {k} not finite"
+    if counts is not None:
+      assert _mask_counts(new_state) == counts, f"{case.name}/{kind}: mask counts changed"
+    if counted:
+      np.testing.assert_array_equal(u[bad], jnp.zeros_like(u[bad]))
+      assert _skips(new_state)[0] == skips + 1, f"{case.name}/{kind}: skip not counted"
+    if kind != "nan_param":
+      new_params = optax.apply_updates(params, u)
+      for x in jax.tree.leaves(new_params):
+        assert bool(jnp.all(jnp.isfinite(x))), f"{case.name}/{kind}: params not finite"
+    state = new_state
+  # And training goes on with finite values.
+  u, state = step(grads, state, params)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+@pytest.mark.parametrize("name", ["sparse_rigl_adam", "sparse_acdc_adam", "ham_adamw"])
+def test_inside_apply_if_finite(name):
+  case = next(c for c in CASES if c.name == name)
+  tx = optax.apply_if_finite(case.build(), max_consecutive_errors=5)
+  params, grads = _problem()
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  counts = _mask_counts(state)
+  bad = dict(grads, w=grads["w"].at[0, 0].set(jnp.inf))
+  for g in (grads, bad, grads):
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+    for x in _float_leaves(state) + _float_leaves(params):
+      assert bool(jnp.all(jnp.isfinite(x)))
+    if counts is not None and name != "sparse_acdc_adam":
+      assert _mask_counts(state) == counts
+  # optax.apply_if_finite checks the incoming gradient: it skips the whole step, restores our
+  # state (so our own counter stays 0) and counts the skip itself.
+  assert int(state.total_notfinite) == 1 and _skips(state)[0] == 0
+
+
+def test_acdc_global_compression_never_ranks_a_nan():
+  rule = osp_acdc()
+  tx = __import__("optax_sparse").sparse(optax.sgd(0.1), rule, sparsity=0.5)
+  params, grads = _problem()
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  totals = []
+  for t in range(8):
+    g = dict(grads, w=grads["w"].at[0, 0].set(jnp.nan)) if t == 1 else grads
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+    totals.append(sum(int(jnp.sum(m)) for m in jax.tree.leaves(state.masks)))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+  # The phases alternate between the dense count (32) and the compressed one (16) only.
+  assert set(totals) <= {32, 16} and 16 in totals
+
+
+def osp_acdc():
+  import optax_sparse as osp
+  return osp.acdc(warmup_steps=1, sparse_steps=2, dense_steps=2, alternate_until=6,
+                  final_sparse_from=7)
