@@ -4,6 +4,7 @@ from common_cases import Case
 
 CASES: list[Case] = []
 
+import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import optax_sparse as osp  # noqa: E402
@@ -66,3 +67,33 @@ CASES.append(Case(
     "keep_mask_compact_sgd_momentum", osp.keep_mask,
     {"inner": optax.sgd(1e-3, momentum=0.9), "compact_state": True},
     static_args=("inner", "compact_state"), lr_arg=None, steps=5000))
+# Wanda with calibration norms for the (3, 4) kernel of the small problem; `where` selects only
+# that shape, so the 2-D leaf of the mixed target stays dense and can be solved.
+CASES.append(Case(
+    "sparse_wanda_adam", osp.sparse,
+    {"inner": optax.adam(0.05), "rule": osp.wanda({"w": jnp.array([1.0, 2.0, 0.5])}),
+     "sparsity": 0.5, "where": lambda path, leaf: jnp.shape(leaf) == (3, 4)},
+    static_args=(*_STATIC, "where"), lr_arg=None))
+# Issue 13 rules side: IMP (restart hook), the STEs, iterative N:M and a grouped rule.
+CASES.append(Case(
+    "sparse_imp_weight_rewinding_adam", osp.sparse,
+    {"inner": optax.adam(0.05), "rule": osp.imp(train_steps=4, rounds=1, rewind_step=1),
+     "sparsity": 0.5},
+    static_args=_STATIC, lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "magnitude_ste_adam", osp.magnitude_ste, {"inner": optax.adam(0.05), "sparsity": 0.5},
+    static_args=("inner",), lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "random_ste_adam", osp.random_ste, {"inner": optax.adam(0.05), "sparsity": 0.5},
+    static_args=("inner",), lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "sparse_iterative_nm_adam", osp.sparse,
+    {"inner": optax.adam(0.05),
+     "rule": osp.iterative_nm(1, 2, axis=-1, begin_step=0, end_step=4, frequency=2),
+     "sparsity": None},
+    static_args=_STATIC, lr_arg=None, targets=_DENSE_TARGETS))
+CASES.append(Case(
+    "sparse_rigl_neurons_adam", osp.sparse,
+    {"inner": optax.adam(0.05),
+     "rule": osp.rigl(every=2, end_step=200, groups=osp.groups.neurons()), "sparsity": 0.5},
+    static_args=_STATIC, lr_arg=None, targets=_DENSE_TARGETS))

@@ -23,7 +23,7 @@ def _load(name: str):
 def test_every_example_is_tested():
   # checkpointing.py runs in tests/test_checkpoint.py, which also uses its helpers.
   tested = {"quickstart", "flax_nnx", "flax_linen_trainstate", "nanoadam_finetune",
-            "char_transformer", "nm_2_4", "checkpointing"}
+            "char_transformer", "nm_2_4", "checkpointing", "prune_char_transformer"}
   assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -65,6 +65,18 @@ def test_nanoadam_finetune_changes_few_weights():
 def test_char_transformer_learns():
   val = _load("char_transformer").main(["--fast"])
   assert math.isfinite(val) and val < 4.0  # a uniform guess over ~88 characters is ln 88 = 4.48
+
+
+def test_prune_char_transformer_prints_every_method(tmp_path, capsys):
+  out = tmp_path / "prune.png"
+  results = _load("prune_char_transformer").main(["--fast", "--out", str(out)])
+  assert set(results) == {"dense", "magnitude 50%", "Wanda 50%", "OWL + Wanda 50%",
+                          "SparseGPT 50%", "magnitude 2:4", "Wanda 2:4", "SparseGPT 2:4"}
+  assert all(math.isfinite(v) and v > 1.0 for v in results.values())
+  assert out.stat().st_size > 0
+  lines = [x for x in capsys.readouterr().out.splitlines() if "block-kernel sparsity" in x]
+  assert len(lines) == 7
+  assert all("sparsity 50.0%" in x for x in lines if not x.startswith("OWL"))
 
 
 def test_nm_2_4_pattern_holds():

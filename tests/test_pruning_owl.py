@@ -100,8 +100,9 @@ def test_bad_input_raises_naming_the_argument():
   dist = pruning.owl(scores)
   with pytest.raises(ValueError, match="sparsity must be in"):
     dist.densities(scores, 1.0)
-  with pytest.raises(ValueError, match="structure of the parameters"):
+  with pytest.raises(ValueError, match=r"no outlier ratio for the eligible leaf \['x'\]"):
     dist.densities({"l0": scores["l0"], "x": jnp.ones((2, 2))}, 0.5)
   partial = pruning.owl({"l0": scores["l0"], "x": None})
-  with pytest.raises(ValueError, match=r"no outlier ratio for the eligible leaf \['x'\]"):
-    partial.densities({"l0": scores["l0"], "x": jnp.ones((2, 2))}, 0.5)
+  d = partial.densities({"l0": scores["l0"], "x": jnp.ones((2, 2))}, 0.5,
+                        eligible={"l0": True, "x": False})
+  assert d["x"] is None and float(d["l0"]) == pytest.approx(0.5)

@@ -133,6 +133,8 @@ def test_bad_input_raises_naming_the_argument():
     pruning.wanda_masks({"w": w}, {"w": norm}, 1.0)
   with pytest.raises(ValueError, match=r"norms\['w'\] has shape \(16,\)"):
     pruning.wanda_masks({"w": w}, {"w": jnp.ones(16)}, 0.5)
+  with pytest.raises(ValueError, match=r"an entry at \('v',\), which is not a parameter"):
+    pruning.wanda_masks({"w": w}, {"w": norm, "v": norm}, 0.5)
   with pytest.raises(ValueError, match="not divisible by m = 3"):
     pruning.wanda_masks({"w": w}, {"w": norm}, n=1, m=3)
   tx = osp.sparse(optax.sgd(0.1), pruning.wanda({"w": norm, "e": None}), sparsity=0.5)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_sparse import masks as masks_lib
+from optax_sparse.pruning import wanda as wanda_lib
 
 __all__ = ["OwlDistribution", "outlier_ratios", "owl"]
 
@@ -144,42 +145,43 @@ class OwlDistribution(masks_lib.LayerDistribution):
   """The OWL layer-wise distribution (build it with :func:`owl`).
 
   Attributes:
-    ratios: a tree of outlier ratios (a float per scored leaf, ``None`` elsewhere).
-    groups: the group index per leaf of ``ratios`` (leaves of a group share one density).
+    ratios: ``((path, (ratio, group)), ...)``: the outlier ratio and group index of every scored
+      leaf by key path (leaves of a group share one density).
     lam: λ, half the spread of the densities.
   """
 
-  ratios: Any = None
-  groups: tuple = ()
+  ratios: tuple = ()
   lam: float = 0.08
 
   def _layout(self, params: Any, eligible: Any):
-    p_leaves = jax.tree.leaves(params, is_leaf=_is_none)
-    r_leaves = jax.tree.leaves(self.ratios, is_leaf=_is_none)
-    if len(r_leaves) != len(p_leaves):
-      raise ValueError(
-          f"the OWL ratios must have the structure of the parameters; got {len(r_leaves)} "
-          f"leaves for {len(p_leaves)} parameter leaves.")
+    """(leaves with paths, eligible slots, {slot: (ratio, group)}) for ``params``."""
+    p_leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]
     if eligible is None:
       eligible = jax.tree.map(lambda p: p is not None and jnp.ndim(p) >= 2, params,
                               is_leaf=_is_none)
     e_leaves = jax.tree.leaves(eligible, is_leaf=_is_none)
-    slots = [i for i, (p, e) in enumerate(zip(p_leaves, e_leaves, strict=True))
-             if e and p is not None]
-    missing = [i for i in slots if r_leaves[i] is None]
-    if missing:
-      paths = [jax.tree_util.keystr(p) for p, _ in
-               jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]]
-      raise ValueError(
-          f"the OWL distribution has no outlier ratio for the eligible leaf {paths[missing[0]]}; "
-          "restrict `where` to the scored kernels.")
-    return p_leaves, slots
+    if len(e_leaves) != len(p_leaves):
+      raise ValueError("eligible must have the structure of the parameters.")
+    table = dict(self.ratios)
+    slots, found = [], {}
+    for i, ((path, p), e) in enumerate(zip(p_leaves, e_leaves, strict=True)):
+      if not e or p is None:
+        continue
+      entry = table.get(wanda_lib.path_key(path))
+      if entry is None:
+        raise ValueError(
+            f"the OWL distribution has no outlier ratio for the eligible leaf "
+            f"{jax.tree_util.keystr(path)}; restrict `where` to the scored kernels.")
+      slots.append(i)
+      found[i] = entry
+    return p_leaves, slots, found
 
   def densities(self, params: Any, sparsity: Any, eligible: Any = None) -> Any:
     """Per-leaf densities d_l (float32 scalars for eligible leaves, ``None`` elsewhere).
 
     Args:
-      params: the parameters (only shapes are read).
+      params: the parameters (only shapes are read); leaves are matched to the scores by key
+        path (an ``nnx.State`` matches its pure dict).
       sparsity: the target s in [0, 1): a Python float or a traced scalar.
       eligible: a tree of bools like the parameters (default: ndim >= 2).
 
@@ -188,21 +190,21 @@ class OwlDistribution(masks_lib.LayerDistribution):
     """
     if isinstance(sparsity, (int, float, np.floating)) and not 0.0 <= float(sparsity) < 1.0:
       raise ValueError(f"sparsity must be in [0, 1); got {sparsity!r}.")
-    p_leaves, slots = self._layout(params, eligible)
-    r_leaves = jax.tree.leaves(self.ratios, is_leaf=_is_none)
+    p_leaves, slots, found = self._layout(params, eligible)
     out: list[Any] = [None] * len(p_leaves)
     if slots:
       # One entry per group among the eligible leaves; a group's size is the sum of its leaves.
-      group_ids = sorted({self.groups[i] for i in slots})
+      group_ids = sorted({found[i][1] for i in slots})
       where = {g: j for j, g in enumerate(group_ids)}
       sizes = np.zeros(len(group_ids))
       ratio = np.zeros(len(group_ids))
       for i in slots:
-        sizes[where[self.groups[i]]] += int(np.prod(jnp.shape(p_leaves[i])))
-        ratio[where[self.groups[i]]] = r_leaves[i]
+        r, g = found[i]
+        sizes[where[g]] += int(np.prod(jnp.shape(p_leaves[i][1])))
+        ratio[where[g]] = r
       d = _densities(sizes, _spread(ratio, self.lam), sparsity)
       for i in slots:
-        out[i] = d[where[self.groups[i]]]
+        out[i] = d[where[found[i][1]]]
     return jax.tree.unflatten(jax.tree.structure(params, is_leaf=_is_none), out)
 
   def check_target(self, params: Any, sparsity: float, eligible: Any = None) -> None:
@@ -256,5 +258,8 @@ def owl(scores: Any, *, m: float = 5.0, lam: float = 0.08,
   lam = _check_positive("lam", lam, allow_zero=True)
   ratios = outlier_ratios(scores, m, layer_of=layer_of)
   _, _, group_of, _ = _groups(scores, layer_of)
-  groups = tuple(-1 if g is None else g for g in group_of)
-  return OwlDistribution(kind="owl", ratios=ratios, groups=groups, lam=lam)
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(scores, is_leaf=_is_none)[0]]
+  r_leaves = jax.tree.leaves(ratios, is_leaf=_is_none)
+  table = tuple((wanda_lib.path_key(p), (r, g))
+                for p, r, g in zip(paths, r_leaves, group_of, strict=True) if g is not None)
+  return OwlDistribution(kind="owl", ratios=table, lam=lam)

@@ -58,30 +58,57 @@ def _is_none(x: Any) -> bool:
   return x is None
 
 
-def aligned_leaves(params: Any, stats: Any, name: str) -> tuple[Any, list[tuple[Any, Any, Any]]]:
-  """``(treedef, [(path, param, stat), ...])`` for a statistics tree laid out like ``params``.
+def path_key(path: Any) -> tuple:
+  """A key path as plain keys: ``DictKey``/``SequenceKey``/``GetAttrKey`` unwrapped, and the
+  ``.value`` of an ``nnx.Variable`` dropped, so that an ``nnx.State`` and its pure dict agree."""
+  out = []
+  for k in path:
+    if isinstance(k, jax.tree_util.GetAttrKey):
+      if k.name != "value":
+        out.append(k.name)
+    else:
+      out.append(getattr(k, "key", getattr(k, "idx", k)))
+  return tuple(out)
 
-  ``stats`` has the parameters' structure with ``None`` where there is no statistic; a tree of
-  another pytree type with the same leaves in the same order (a pure dict of an ``nnx.State``)
-  is accepted too. Every statistic's shape must be a leading part of its parameter's shape.
+
+def stats_by_path(stats: Any, name: str) -> dict[tuple, Any]:
+  """The non-None leaves of ``stats`` by :func:`path_key`."""
+  leaves = jax.tree_util.tree_flatten_with_path(stats, is_leaf=_is_none)[0]
+  return {path_key(path): s for path, s in leaves if s is not None}
+
+
+def check_stat(path: Any, p: Any, s: Any, name: str) -> None:
+  """Raises ValueError unless ``s``'s shape is the leading input dimensions of ``p``'s."""
+  p_shape, s_shape = tuple(jnp.shape(p)), tuple(jnp.shape(s))
+  if p is None or len(s_shape) >= len(p_shape) or p_shape[:len(s_shape)] != s_shape:
+    raise ValueError(
+        f"{name}{jax.tree_util.keystr(path)} has shape {s_shape}, which is not the leading "
+        f"input dimensions of the parameter of shape {p_shape}.")
+
+
+def aligned_leaves(params: Any, stats: Any, name: str,
+                   check: bool = True) -> tuple[Any, list[tuple[Any, Any, Any]]]:
+  """``(treedef, [(path, param, stat or None), ...])`` matching ``stats`` to ``params``.
+
+  ``stats`` is a tree whose non-None leaves sit at the key paths of parameters (the parameters'
+  structure with ``None`` elsewhere, or any part of it; a pure dict of an ``nnx.State`` matches
+  the state). With ``check``, every statistic must sit at a parameter and its shape be a leading
+  part of that parameter's (the rule checks only the eligible leaves it prunes).
 
   Raises:
-    ValueError: naming ``name`` when the number of leaves or a shape does not match.
+    ValueError: naming ``name`` for a statistic at no parameter's path, or a bad shape.
   """
   p_leaves, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
-  s_leaves = jax.tree.leaves(stats, is_leaf=_is_none)
-  if len(s_leaves) != len(p_leaves):
-    raise ValueError(
-        f"{name} must have the structure of the parameters (None where there is no statistic); "
-        f"got {len(s_leaves)} leaves for {len(p_leaves)} parameter leaves.")
+  lookup = stats_by_path(stats, name)
+  known = {path_key(path) for path, _ in p_leaves}
+  stray = [k for k in lookup if k not in known]
+  if stray and check:
+    raise ValueError(f"{name} has an entry at {stray[0]!r}, which is not a parameter's path.")
   out = []
-  for (path, p), s in zip(p_leaves, s_leaves, strict=True):
-    if s is not None:
-      p_shape, s_shape = tuple(jnp.shape(p)), tuple(jnp.shape(s))
-      if p is None or len(s_shape) >= len(p_shape) or p_shape[:len(s_shape)] != s_shape:
-        raise ValueError(
-            f"{name}{jax.tree_util.keystr(path)} has shape {s_shape}, which is not the leading "
-            f"input dimensions of the parameter of shape {p_shape}.")
+  for path, p in p_leaves:
+    s = lookup.get(path_key(path))
+    if s is not None and check:
+      check_stat(path, p, s, name)
     out.append((path, p, s))
   return treedef, out
 
@@ -158,7 +185,8 @@ def wanda_scores(params: Any, norms: Any) -> Any:
     params: the parameters; kernels stored ``(in, out)`` (Flax layout, ``y = x @ W``).
     norms: a tree like ``params`` with, for each kernel to score, the L2 norms of its input
       features over the calibration tokens (shape: the kernel's leading input dimensions, e.g.
-      ``(in,)``), and ``None`` elsewhere (see :func:`input_norms`).
+      ``(in,)``), and ``None`` elsewhere (see :func:`input_norms`); leaves are matched by key
+      path, so a sub-tree, or the pure dict of an ``nnx.State``, works too.
 
   Returns:
     A tree like ``params``: float32 scores of each kernel's shape, ``None`` elsewhere.
@@ -302,7 +330,7 @@ def wanda(norms: Any, *, n: int | None = None, m: int | None = None,
     raise ValueError(f"at_step must be an integer >= 0; got {at_step!r}.")
 
   def pattern(params, target):
-    treedef, leaves = aligned_leaves(params, norms, "norms")
+    treedef, leaves = aligned_leaves(params, norms, "norms", check=False)
     eligible = jax.tree.leaves(target.eligible, is_leaf=_is_none)
     densities = (None if n is not None
                  else jax.tree.leaves(target.densities(target.sparsity), is_leaf=_is_none))
@@ -315,6 +343,7 @@ def wanda(norms: Any, *, n: int | None = None, m: int | None = None,
         raise ValueError(
             f"norms has no input norm for the eligible leaf {jax.tree_util.keystr(path)}; "
             "restrict `where` of osp.sparse to the kernels you measured.")
+      check_stat(path, p, s, "norms")
       d = None if densities is None else densities[i]
       out.append(leaf_mask(_leaf_scores(p, s), d, n, m, tuple(jnp.shape(p))))
     return jax.tree.unflatten(treedef, out)
