@@ -46,6 +46,10 @@ def check_scalar(
     high_open: exclude ``high`` itself.
     allow_schedule: whether a callable is a valid value.
   """
+  if isinstance(value, (str, bytes, bool)):
+    from optax_sparse import _validation  # noqa: PLC0415 - avoids an import cycle.
+
+    raise _validation.ArgumentTypeError(f"{name} must be a number; got {value!r}.")
   if callable(value):
     if not allow_schedule:
       raise ValueError(f"{name} must be a number, not a schedule; got {value!r}.")
