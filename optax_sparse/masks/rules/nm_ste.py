@@ -177,13 +177,15 @@ def sr_ste(
 
   def init_fn(params):
     _validation.check_float_params(params)
+    inner_state = inner.init(params)
+    params = _validation.to_none(params)  # MaskedNode (optax.masked): a dense leaf, mask None.
     eligible = _eligibility.eligible_tree(where, params)
     template = _template(eligible, params)
     masks = jax.jit(lambda t: _leafwise(pattern, t))(template)
     dense = _leafwise(lambda p: p, template)
     return SrSteState(
         count=jnp.zeros([], jnp.int32), masks=masks, dense=dense,
-        inner_state=inner.init(params), skipped_leaves=jnp.zeros([], jnp.int32))
+        inner_state=inner_state, skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
