@@ -148,3 +148,43 @@ def osp_acdc():
   import optax_sparse as osp
   return osp.acdc(warmup_steps=1, sparse_steps=2, dense_steps=2, alternate_until=6,
                   final_sparse_from=7)
+
+
+SCHEDULE_VALUES = (2.0, -1.0, float("nan"))
+
+
+@pytest.mark.parametrize("value", SCHEDULE_VALUES, ids=["2", "-1", "nan"])
+def test_out_of_range_schedules_keep_exact_counts(value):
+  import optax_sparse as osp
+  params = {"w": jnp.linspace(-1.0, 1.0, 200).reshape(10, 20)}
+  grads = {"w": jnp.linspace(0.5, -0.5, 200).reshape(10, 20)}
+  # RigL at 90%: a drop fraction out of range is clipped (NaN: nothing moves), never dense.
+  rigl = osp.sparse(optax.sgd(0.1), osp.rigl(lambda t: jnp.float32(value), every=1), 0.9)
+  # GMP whose sparsity schedule leaves its range after step 0: clipped (1 -> one entry), NaN
+  # skips the event.
+  gmp = osp.sparse(optax.sgd(0.1), osp.gradual_magnitude(begin_step=1, end_step=2, frequency=1),
+                   lambda t: jnp.where(t == 0, 0.5, value).astype(jnp.float32))
+  # SR-STE with a mask decay out of range: pruned entries emit at most 1·W, at least 0.
+  ste = osp.sr_ste(optax.sgd(0.1), 1, 2, axis=-1, mask_decay=lambda t: jnp.float32(value))
+  expected = {"rigl": 20, "gmp": {2.0: 1, -1.0: 200, }.get(value, 200)}
+  for name, tx in (("rigl", rigl), ("gmp", gmp), ("ste", ste)):
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    p = params
+    for _ in range(3):
+      u, state = step(grads, state, p)
+      p = optax.apply_updates(p, u)
+    masks = osp.get_masks(state)
+    if name == "ste":
+      w = state.dense["w"]
+      b = min(max(0.0 if value != value else value, 0.0), 1.0)
+      np.testing.assert_allclose(p["w"], jnp.where(masks["w"], w, b * w), rtol=1e-6)
+      assert int(jnp.sum(masks["w"])) == 100
+      continue
+    assert int(jnp.sum(masks["w"])) == expected[name], (name, value)
+    assert int(jnp.sum(p["w"] != 0)) <= expected[name]
+
+
+def test_nan_sparsity_never_empties_a_mask():
+  import optax_sparse as osp
+  assert int(osp.count_for_density(50, jnp.float32(float("nan")))) == 1
