@@ -21,17 +21,14 @@ Library decisions where the paper and its code leave a choice (see :doc:`/method
   base's schedule and the two stay in lockstep.
 * *Post-step gradient clipping* of the official code (``clip_grad_norm_(20)`` after both steps)
   has no effect on the step itself and is not ported.
-* *Non-finite values.* A leaf whose gradient is not finite (NaN or ±inf) keeps its pre-HAM
-  value ``θ½`` (the official code skips such a tensor); the state counts such skips in
-  ``skipped_leaves``. With finite ``g`` and ``θ½`` the result can only be non-finite where
-  ``|θ½|·e⁵`` overflows float32 (``|θ½| > 2.3e36``): those entries keep ``θ½`` (library
-  decision: entrywise, where the official code restores the whole tensor; it spares a reduction
-  over the result). The weight-norm cap then acts on every leaf, skipped or not, as in the
-  official code; a leaf whose squared norm overflows float32 (norm above ~1.8e19) is left
-  uncapped rather than zeroed, and a non-finite leaf (e.g. a NaN coming from the base step)
-  stays as it is. The base step is
-  not guarded: wrap the base in ``optax.chain(optax.zero_nans(), base)`` when its state must
-  survive NaNs.
+* *Non-finite values* (the library's policy, ``docs/nonfinite.md``). A leaf whose gradient or
+  parameter is not finite (NaN or ±inf) is skipped: its update is exactly 0, the base step is
+  guarded too (the base sees a zero gradient there and its state for that leaf is kept), and
+  the state counts the skip (``skipped_leaves``). The official code restores a tensor whose
+  result is non-finite and still caps it; here a skipped leaf is left untouched, cap included.
+  With finite ``g`` and ``θ½`` the result can only be non-finite where ``|θ½|·e⁵`` overflows
+  float32 (``|θ½| > 2.3e36``): those entries keep ``θ½`` (entrywise, no reduction over the
+  result). A leaf whose squared norm overflows float32 (norm above ~1.8e19) is left uncapped.
 * *Eligible leaves*: ``ndim >= 2`` by default (``where`` overrides); the weight-norm cap acts on
   every leaf, as in the official code; ``max_weight_norm=None`` switches it off.
 * Maths in float32, results cast back to the parameters' dtype. Entries that are exactly zero
