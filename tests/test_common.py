@@ -167,3 +167,20 @@ def test_constant_schedule_matches_scalar(case):
     u_sched, s_sched = jax.jit(tx_sched.update)(grads, s_sched, params, **case.extra_args)
     test_utils.assert_trees_all_close(u_sched, u, rtol=1e-6, atol=1e-8)
     params = optax.apply_updates(params, u)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_tuple_of_matrix_and_vector(case):
+  # optax's contrib suite's mixed-tensor target: the parameters are a tuple (matrix, vector),
+  # which must not be mistaken for an internal pair of (update, count).
+  tx = case.build()
+  params = (jnp.full((2, 2), 0.1), jnp.zeros((3,)))
+  final = (jnp.array([[1.0, 0.5], [-1.0, 1.0]]), jnp.array([1.0, -1.0, 2.0]))
+  objective = lambda p: sum(jnp.sum((a - b) ** 2) for a, b in zip(p, final, strict=True))  # noqa: E731
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(jax.grad(objective)(p), s, p, **case.extra_args))
+  for _ in range(2):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+  assert isinstance(updates, tuple) and len(updates) == 2
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
