@@ -134,8 +134,9 @@ intersphinx_disabled_reftypes = ["std:doc"]
 _EXTERNAL = ("jax", "jnp", "jaxlib", "optax", "numpy", "np", "flax", "nnx", "chex", "orbax",
              "collections", "typing", "types", "functools", "builtins", "Array", "ArrayLike",
              "PyTree", "Callable", "Sequence", "Mapping", "Any", "NamedTuple",
-             # described in the API page's introduction; no object of its own
-             "Where")
+             "pathlib", "os", "io", "enum", "dataclasses",
+             # type aliases of the library, described where they are used; no object of their own
+             "Where", "Overrides")
 
 # --- the API page ---------------------------------------------------------------------------
 
@@ -251,7 +252,8 @@ def benchmarks_source() -> str:
   if not fragments:
     return "\nNo benchmark has been run yet: the scripts in `benchmarks/` write their tables.\n"
   return "".join(
-      f"\n```{{include}} benchmarks/{path.name}\n:relative-images:\n```\n" for path in fragments
+      f"\n```{{include}} benchmarks/{path.name}\n:relative-images:\n:heading-offset: 1\n```\n"
+      for path in fragments
   )
 
 
@@ -273,7 +275,7 @@ def _plain_text_maths(app, what, name, obj, options, lines: list[str]) -> None:
   reStructuredText reads ``|name|`` as a substitution reference, so prose maths such as
   "drop the smallest |θ|" would be an error. Bars become the divides sign ``∣``, which looks the
   same, outside ``.. math::`` blocks, doctest blocks, literal blocks and inline literals/roles;
-  maths blocks keep them. Grid tables (rows starting with ``|`` or ``+``) are left alone.
+  maths blocks keep them. Grid tables (rows ``| ... |`` and borders ``+-...``) are left alone.
   """
   block_indent = None  # indentation of the directive or literal block being skipped
   in_doctest = False
@@ -295,8 +297,8 @@ def _plain_text_maths(app, what, name, obj, options, lines: list[str]) -> None:
       block_indent = indent
       if stripped.startswith(".. math::"):
         continue
-    if stripped.startswith(("|", "+")):
-      continue
+    if stripped.startswith("+-") or (stripped.startswith("| ") and stripped.endswith(" |")):
+      continue  # a grid table row
     lines[i] = _escape_bars(line)
 
 
