@@ -23,7 +23,8 @@ def _load(name: str):
 def test_every_example_is_tested():
   # checkpointing.py runs in tests/test_checkpoint.py, which also uses its helpers.
   tested = {"quickstart", "flax_nnx", "flax_linen_trainstate", "nanoadam_finetune",
-            "char_transformer", "nm_2_4", "checkpointing", "prune_char_transformer"}
+            "char_transformer", "nm_2_4", "checkpointing", "prune_char_transformer",
+            "export_and_finetune"}
   assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -121,3 +122,21 @@ def test_guide_recipes_construct():
   for call in calls:
     tx = eval(call, namespace)  # noqa: S307
     assert isinstance(tx, optax.GradientTransformation), call
+
+
+def test_export_and_finetune_keeps_the_mask_and_the_bytes(tmp_path, capsys):
+  example = _load("export_and_finetune")
+  out = example.main(["--fast", "--out", str(tmp_path / "run")])
+  printed = capsys.readouterr().out
+  assert "bit-identical: True" in printed and "sparsity report" in printed
+  assert out["written"].nbytes < 0.2 * out["written"].dense_nbytes  # 90% sparse kernels
+  for k in ("w0", "w1", "w2"):
+    mask = np.asarray(out["masks"][k])
+    np.testing.assert_array_equal(out["finetuned_masks"][k], mask)
+    assert np.all(np.asarray(out["finetuned"][k])[~mask] == 0.0)
+    assert np.all(np.asarray(out["merged"][k])[np.asarray(out["loaded"][k]) == 0] == 0.0)
+  assert out["accuracy"][1] > out["accuracy"][0] + 0.2  # fine-tuning adapted to the shift
+  assert out["logit_gap"] < 1e-4
+  dense_merge = np.mean(np.asarray(out["plain_merge"]["w1"]) != 0)
+  assert dense_merge > 0.5 > np.mean(np.asarray(out["merged"]["w1"]) != 0)
+  assert (tmp_path / "run" / "report.png").stat().st_size > 10_000
