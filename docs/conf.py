@@ -58,10 +58,7 @@ myst_enable_extensions = ["dollarmath", "amsmath", "substitution"]
 myst_heading_anchors = 3
 suppress_warnings = ["myst.header"]  # benchmark fragments may start at any heading level
 
-# One measured figure quoted on several pages lives here: {{ demo_runtime }} in any page.
-myst_substitutions = {
-    "demo_runtime": "about a minute on two CPU cores",
-}
+# The demo's measured runtime is stated once, in examples.md; other pages link there.
 
 nitpicky = True
 napoleon_google_docstring = True
@@ -269,6 +266,11 @@ def _escape_bars(text: str) -> str:
   return "".join(p if i % 2 else p.replace("|", "\u2223") for i, p in enumerate(parts))
 
 
+# Directives whose content is maths, code or a literal: their bars are left alone.
+_VERBATIM = (".. math::", ".. code", ".. code-block::", ".. doctest::", ".. testcode::",
+             ".. highlight::", ".. csv-table::", ".. raw::", ".. |")
+
+
 def _plain_text_maths(app, what, name, obj, options, lines: list[str]) -> None:
   """Lets docstrings write absolute values as ``|θ|`` in prose.
 
@@ -293,7 +295,10 @@ def _plain_text_maths(app, what, name, obj, options, lines: list[str]) -> None:
     if stripped.startswith(">>>"):
       in_doctest = True
       continue
-    if stripped.startswith(".. ") or stripped.endswith("::"):
+    if stripped.startswith((":type", ":rtype", ":vartype")):
+      continue  # a type annotation: ``X | None``
+    literal = stripped.endswith("::") and not stripped.startswith("..")
+    if stripped.startswith(_VERBATIM) or literal:
       block_indent = indent
       if stripped.startswith(".. math::"):
         continue

@@ -133,8 +133,8 @@ def _si(v: float) -> str:
 class SparsityReport:
   """A sparsity report: one :class:`LeafReport` per leaf and the totals.
 
-  ``str(report)`` and :meth:`to_markdown` give a markdown table, :meth:`print` a Rich table
-  when Rich is installed (markdown otherwise), :meth:`to_dict` plain Python numbers for a
+  ``str(report)`` and ``to_markdown()`` give a markdown table, :meth:`print` a Rich table
+  when Rich is installed (markdown otherwise), ``to_dict()`` plain Python numbers for a
   logger.
 
   Attributes:

@@ -147,7 +147,7 @@ def keep_mask(
     inner: any optax transformation.
     masks: the masks to keep (a pytree like the parameters, a bool array per masked leaf and
       None for dense leaves, e.g. ``osp.get_masks(state)`` of the training run, or the masks
-      of :func:`optax_sparse.export.load`); default: ``params != 0`` at ``init``.
+      of ``optax_sparse.export.load_compressed``); default: ``params != 0`` at ``init``.
     where: which leaves are masked when ``masks`` is None (None: ``ndim >= 2``; a predicate
       ``(path, leaf) -> bool`` or a static pytree of bools).
     compact_state: run ``inner`` on the active entries only, so that its state is

@@ -272,7 +272,7 @@ def input_norms(model: Any, batches: Iterable[Any], *, variables: Any = None,
     forward: NNX only: ``forward(model, *batch)`` instead of ``model(*batch)``.
 
   Returns:
-    A tree like the parameters (pure dicts): a float32 norm per input feature of each recorded
+    A tree like the parameters (pure dicts), a float32 norm per input feature of each recorded
     kernel (the kernel's input dimensions, e.g. ``(in,)``), ``None`` elsewhere; the ``norms``
     argument of :func:`~optax_sparse.pruning.wanda` and friends.
 
@@ -306,7 +306,7 @@ def input_grams(model: Any, batches: Iterable[Any], *, variables: Any = None,
     forward: NNX only: ``forward(model, *batch)`` instead of ``model(*batch)``.
 
   Returns:
-    A tree like the parameters (pure dicts): a float32 ``(fan_in, fan_in)`` matrix per recorded
+    A tree like the parameters (pure dicts), a float32 ``(fan_in, fan_in)`` matrix per recorded
     kernel, ``None`` elsewhere.
 
   Examples:
