@@ -200,6 +200,8 @@ def train(
   params = nnx.state(model, nnx.Param)
   masks = None if method == "dense" else osp.get_masks(nnx.as_pure(optimizer.opt_state))
   achieved, density = measure_sparsity(nnx.as_pure(params), masks)
+  print(f"\n{method}: sparsity report of the trained model")
+  osp.sparsity_report(nnx.as_pure(params), masks=masks).print(use_rich=False)
   return Result(method, curve_acc[-1], achieved, wall, curve_steps, curve_acc, density)
 
 
