@@ -142,7 +142,7 @@ def _densities(sizes: np.ndarray, spread: np.ndarray, sparsity: Any, rounds: int
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class OwlDistribution(masks_lib.LayerDistribution):
-  """The OWL layer-wise distribution (build it with :func:`owl`).
+  """The OWL layer-wise distribution (build it with :func:`~optax_sparse.pruning.owl`).
 
   Attributes:
     ratios: ``((path, (ratio, group)), ...)``: the outlier ratio and group index of every scored
@@ -226,7 +226,7 @@ def owl(scores: Any, *, m: float = 5.0, lam: float = 0.08,
   with :func:`~optax_sparse.pruning.wanda`, or call ``.densities(params, s)`` and give the
   result to :func:`~optax_sparse.pruning.wanda_masks` or
   :func:`~optax_sparse.pruning.sparsegpt`. The ratios are computed here, once, from concrete
-  scores (see :func:`outlier_ratios`).
+  scores (see :func:`~optax_sparse.pruning.outlier_ratios`).
 
   Args:
     scores: a tree like the parameters with a score array per scored kernel (e.g.
@@ -237,7 +237,7 @@ def owl(scores: Any, *, m: float = 5.0, lam: float = 0.08,
       density (one group per transformer block reproduces the paper).
 
   Returns:
-    An :class:`OwlDistribution` (a ``LayerDistribution``).
+    An :class:`~optax_sparse.pruning.OwlDistribution` (a ``LayerDistribution``).
 
   Raises:
     ValueError: for ``m <= 0`` or ``lam < 0``; at use, for an eligible leaf without a score.

@@ -56,7 +56,7 @@ __all__ = ["SparseGptResult", "prune_layerwise", "sparsegpt"]
 
 
 class SparseGptResult(NamedTuple):
-  """The result of :func:`sparsegpt`.
+  """The result of :func:`~optax_sparse.pruning.sparsegpt`.
 
   Attributes:
     weights: the pruned and updated weights, ``W``'s shape and dtype (pruned entries exactly 0).
@@ -164,7 +164,7 @@ def sparsegpt(
     damp: relative damping δ / mean(diag H) > 0 (default 0.01, the paper's).
 
   Returns:
-    A :class:`SparseGptResult` ``(weights, mask, loss)``.
+    A :class:`~optax_sparse.pruning.SparseGptResult` ``(weights, mask, loss)``.
 
   Raises:
     ValueError: for shapes that do not match, a bad sparsity, pattern, ``block_size`` or

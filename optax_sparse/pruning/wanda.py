@@ -28,8 +28,9 @@ Library decisions and differences from the official code (``locuslab/wanda``):
 * The official code prunes ``floor(fan_in · s)`` per row; we keep ``max(1, round(fan_in · (1 −
   s)))`` (the library's ``count_for_density``); both agree whenever ``fan_in · s`` is an integer.
 * The official code measures the norms of block ``i`` after blocks ``< i`` are pruned (it runs
-  the calibration batch through the model block by block). :func:`input_norms` measures all of
-  them in one pass through the given model; pass it the partly pruned model to reproduce the
+  the calibration batch through the model block by block).
+  :func:`~optax_sparse.pruning.input_norms` measures all of them in one pass through the given
+  model; :func:`~optax_sparse.pruning.prune_layerwise` with ``method="wanda"`` runs the
   sequential variant.
 * ``||X_j||`` is the norm over all calibration tokens (the official code keeps the mean of the
   squares over batches, a positive constant per layer that changes no ranking).
@@ -72,7 +73,7 @@ def path_key(path: Any) -> tuple:
 
 
 def stats_by_path(stats: Any, name: str) -> dict[tuple, Any]:
-  """The non-None leaves of ``stats`` by :func:`path_key`."""
+  """The non-None leaves of ``stats`` by ``path_key``."""
   leaves = jax.tree_util.tree_flatten_with_path(stats, is_leaf=_is_none)[0]
   return {path_key(path): s for path, s in leaves if s is not None}
 
@@ -185,8 +186,9 @@ def wanda_scores(params: Any, norms: Any) -> Any:
     params: the parameters; kernels stored ``(in, out)`` (Flax layout, ``y = x @ W``).
     norms: a tree like ``params`` with, for each kernel to score, the L2 norms of its input
       features over the calibration tokens (shape: the kernel's leading input dimensions, e.g.
-      ``(in,)``), and ``None`` elsewhere (see :func:`input_norms`); leaves are matched by key
-      path, so a sub-tree, or the pure dict of an ``nnx.State``, works too.
+      ``(in,)``), and ``None`` elsewhere (see :func:`~optax_sparse.pruning.input_norms`);
+      leaves are matched by key path, so a sub-tree, or the pure dict of an ``nnx.State``,
+      works too.
 
   Returns:
     A tree like ``params``: float32 scores of each kernel's shape, ``None`` elsewhere.
@@ -227,7 +229,8 @@ def wanda_masks(
 
   Args:
     params: the parameters (Flax layout ``(in, out)``).
-    norms: input norms per kernel, ``None`` elsewhere (see :func:`wanda_scores`).
+    norms: input norms per kernel, ``None`` elsewhere (see
+      :func:`~optax_sparse.pruning.wanda_scores`).
     sparsity: the sparsity s in [0, 1) of every scored kernel (unstructured); None with N:M or
       with ``densities``.
     n: kept entries per group of ``m`` (N:M; give both or neither).
@@ -289,15 +292,15 @@ def wanda(norms: Any, *, n: int | None = None, m: int | None = None,
   The masks are computed once, from the parameters at ``init`` (``at_step = 0``) or from those
   the update with count ``at_step`` receives, and never change afterwards (fine-tuning keeps
   them). Unstructured, each leaf's density comes from ``sparse()``'s ``sparsity`` and
-  ``distribution`` (``uniform()`` or :func:`owl`), then every output column keeps
-  ``count_for_density(fan_in, density)`` entries; with ``n, m`` the pattern fixes the sparsity
-  and ``sparse()`` takes ``sparsity=None``. Every eligible leaf (see ``where`` of ``sparse()``)
-  needs a norm: restrict ``where`` to the kernels you measured, e.g.
+  ``distribution`` (``uniform()`` or :func:`~optax_sparse.pruning.owl`), then every output
+  column keeps ``count_for_density(fan_in, density)`` entries; with ``n, m`` the pattern fixes
+  the sparsity and ``sparse()`` takes ``sparsity=None``. Every eligible leaf (see ``where`` of
+  ``sparse()``) needs a norm: restrict ``where`` to the kernels you measured, e.g.
   ``where=lambda path, leaf: "kernel" in jax.tree_util.keystr(path)``.
 
   Args:
     norms: input norms per kernel, ``None`` elsewhere (a tree like the parameters, see
-      :func:`input_norms`); concrete arrays, captured by the rule.
+      :func:`~optax_sparse.pruning.input_norms`); concrete arrays, captured by the rule.
     n: kept entries per group of ``m`` consecutive inputs (N:M; both or neither).
     m: group size; every eligible fan-in must be divisible by ``m``.
     at_step: the update count at which to prune (0: at init).
