@@ -13,13 +13,20 @@ DEMO_METHODS = ("dense", "rigl", "rigl_ham")
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
   """The command-line options of the demo."""
   parser.add_argument("--sparsity", type=float, default=0.9, help="target sparsity (default 0.9)")
-  parser.add_argument("--steps", type=int, default=1500, help="training steps per method")
+  parser.add_argument("--steps", type=int, default=1000, help="training steps per run")
   parser.add_argument(
       "--methods",
       default=",".join(DEMO_METHODS),
       help=f"comma-separated subset of {','.join(DEMO_METHODS)} (default: all)",
   )
   parser.add_argument("--seed", type=int, default=0, help="model init and batch order seed")
+  parser.add_argument(
+      "--seeds", type=int, default=1,
+      help="seeds per method at its chosen learning rate (mean +- std when > 1; default 1)")
+  parser.add_argument(
+      "--lrs", default="0.003,0.01,0.03",
+      help="learning rates swept per method, chosen on a validation split (default "
+           "0.003,0.01,0.03)")
   parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 

@@ -18,19 +18,25 @@ def test_demo_fast_mode_writes_table_and_png(tmp_path, capsys):
 
   out = tmp_path / "out"
   code = cli.main(
-      ["demo", "--steps", "150", "--sparsity", str(SPARSITY), "--out", str(out), "--no-progress"]
+      ["demo", "--steps", "150", "--sparsity", str(SPARSITY), "--out", str(out), "--no-progress",
+       "--lrs", "0.003,0.01"]
   )
   assert code == 0
   printed = capsys.readouterr().out
   for method in demo.METHODS:
     assert f"| {method} |" in printed
   assert (out / "demo.png").stat().st_size > 10_000
-  assert (out / "results.md").read_text().count("\n") == 2 + len(demo.METHODS)
+  table = (out / "results.md").read_text()
+  assert table.count("\n| ") == len(demo.METHODS)  # one row per method after the header
+  assert "best learning rate of the sweep 0.003, 0.01" in table
   results = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
   assert set(results) == set(demo.METHODS)
   assert results["dense"]["sparsity"] is None
   for method, r in results.items():
     assert r["accuracy"] > 0.25, (method, r["accuracy"])  # chance is 0.1
+    # The kept learning rate is the sweep's best on validation.
+    assert set(r["sweep"]) == {"0.003", "0.01"}
+    assert r["sweep"][f"{r['learning_rate']:g}"] == max(r["sweep"].values())
     assert len(r["curve_steps"]) == len(r["curve_accuracy"]) >= 10
     if method != "dense":
       assert abs(r["sparsity"] - SPARSITY) <= 0.01, (method, r["sparsity"])
@@ -59,12 +65,16 @@ def test_cli_help_and_argument_checks(capsys):
     cli.main(["demo", "--help"])
   assert exc.value.code == 0
   help_text = capsys.readouterr().out
-  for option in ("--sparsity", "--steps", "--methods", "--seed", "--out"):
+  for option in ("--sparsity", "--steps", "--methods", "--seed", "--seeds", "--lrs", "--out"):
     assert option in help_text
   with pytest.raises(ValueError, match="methods"):
     demo.run(["adam"], steps=1)
   with pytest.raises(ValueError, match="sparsity"):
     demo.run(["dense"], steps=1, sparsity=1.0)
+  with pytest.raises(ValueError, match="learning_rates"):
+    demo.run(["dense"], steps=1, learning_rates=[0.0])
+  with pytest.raises(ValueError, match="seeds"):
+    demo.run(["dense"], steps=1, seeds=0)
 
 
 def test_package_import_does_not_import_flax_or_the_demo():
