@@ -74,6 +74,7 @@ __all__ = [
     "block_mask",
     "count_for_density",
     "nm_mask",
+    "nonzero_indices",
     "score_keys",
     "select_bottom_k",
     "select_top_k",
@@ -84,6 +85,9 @@ __all__ = [
 # mesh each pass all-reduces one histogram (8 KB); on one CPU device this is as fast as two
 # passes of 65536 bins (whose 256 KB histograms miss the cache), measured on 1M-4M entries.
 _PASSES = (11, 11, 10)
+# Blocks of the last axis in ``_flat_rank`` (at most; a divisor of the axis length): the largest
+# number of devices along that axis for which the rank needs no gather of the axis.
+_RANK_BLOCKS = 16
 # Bits per pass of the Pallas histogram kernel (four passes of 256 bins).
 _PALLAS_BITS = 8
 # Largest N:M group ranked by pairwise comparison (O(N·m) work); larger groups use lax.top_k.
@@ -114,11 +118,17 @@ def count_for_density(n: int, density: Any) -> jnp.ndarray:
     >>> int(osp.count_for_density(10, 0.0))
     1
   """
+  from optax_sparse import _validation  # noqa: PLC0415 - argument checks (H5).
+
+  _validation.check_int("n", n, low=0)
+  if isinstance(density, (int, float, np.floating, np.integer)) and not 0.0 <= density <= 1.0:
+    raise ValueError(f"density must be a number in [0, 1]; got {density!r}.")
   n = int(n)
   if isinstance(density, (int, float, np.floating, np.integer)):
     k = max(1, round(n * float(density)))
     return jnp.asarray(min(max(k, 0), n), jnp.int32)
   d = jnp.asarray(density, jnp.float32)
+  d = jnp.where(jnp.isnan(d), 0.0, d)  # a NaN density keeps the minimum, one entry.
   k = jnp.maximum(1.0, jnp.round(jnp.float32(n) * d))
   return jnp.clip(k, 0, n).astype(jnp.int32)
 
@@ -272,6 +282,69 @@ def _cut(
   )
 
 
+def _flat_rank(mask: jnp.ndarray) -> jnp.ndarray:
+  """``#{j < i : mask_j}`` (row-major order) for every entry, as int32 in ``mask``'s shape.
+
+  No prefix sum runs along the last axis across devices (XLA would gather that axis): the last
+  axis is cut into ``B`` blocks (``B`` divides its length, at most ``_RANK_BLOCKS``), each
+  block's own prefix sum is local, and the count of entries in earlier blocks is one masked
+  row sum per block (a local sum and an all-reduce of one count per row). Earlier rows are
+  counted with prefix sums over the leading axes, whose arrays have one entry per row.
+  """
+  shape = mask.shape
+  nd = len(shape)
+  x = mask.astype(jnp.int32)
+  if nd == 0:
+    return jnp.zeros((), jnp.int32)
+  length = shape[-1]
+  blocks = math.gcd(length, _RANK_BLOCKS)
+  xb = x.reshape(shape[:-1] + (blocks, length // blocks))
+  inner = jnp.cumsum(xb, axis=-1) - xb
+  # Entries of the row in earlier blocks, one reduction per block: each is a local sum and an
+  # all-reduce of one count per row (a prefix sum over the block axis, or a broadcast of the
+  # block totals, lets XLA gather the totals along a sharded last axis instead).
+  block = jax.lax.broadcasted_iota(jnp.int32, shape, nd - 1) // (length // blocks)
+  before = jnp.stack(
+      [jnp.sum(jnp.where(block < b, x, 0), axis=-1) for b in range(blocks)], axis=-1)
+  rank = (inner + before[..., None]).reshape(shape)
+  for axis in range(nd - 1):
+    count = jnp.sum(x, axis=tuple(range(axis + 1, nd)))
+    prior = jnp.cumsum(count, axis=axis) - count
+    rank = rank + prior.reshape(prior.shape + (1,) * (nd - axis - 1))
+  return rank
+
+
+def nonzero_indices(mask: jnp.ndarray, size: int, fill_value: int) -> jnp.ndarray:
+  """Ascending flat indices of the True entries of ``mask``, padded to ``size`` with ``fill_value``.
+
+  The result equals ``jnp.nonzero(mask.ravel(), size=size, fill_value=fill_value)[0]`` (int32),
+  but the array is never flattened nor gathered on a mesh: each True entry's rank in row-major
+  order is computed in the mask's shape (``_flat_rank``) and its global flat index (from iotas)
+  is scatter-added into its slot, which XLA partitions as a local scatter and an all-reduce of
+  the ``size`` slots.
+
+  Args:
+    mask: a bool array of any shape.
+    size: the static number of slots; True entries beyond the first ``size`` are left out.
+    fill_value: the value of unused slots.
+
+  Returns:
+    An int32 array of shape ``(size,)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from optax_sparse.masks import select
+    >>> select.nonzero_indices(jnp.array([[False, True], [True, True]]), 4, -1).tolist()
+    [1, 2, 3, -1]
+  """
+  mask = jnp.asarray(mask, bool)
+  rank = _flat_rank(mask)
+  slot = jnp.where(mask, rank, size)
+  value = jnp.where(mask, _flat_index(mask.shape).astype(jnp.int32) + 1, 0)
+  filled = jnp.zeros((size,), jnp.int32).at[slot].add(value, mode="drop")
+  return jnp.where(filled > 0, filled - 1, jnp.int32(fill_value))
+
+
 def _clamp_k(k: Any, n: int) -> jnp.ndarray:
   return jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
 
@@ -327,6 +400,10 @@ def select_top_k(scores: jnp.ndarray, k: Any, *, backend: str = "auto") -> jnp.n
     >>> osp.select_top_k(jnp.array([1.0, 1.0, 1.0]), 2).tolist()
     [True, True, False]
   """
+  if scores is None or not hasattr(scores, "shape") and not isinstance(scores, (list, tuple)):
+    raise TypeError(f"scores must be an array; got {scores!r}.")
+  if k is None or isinstance(k, (bool, str)):
+    raise TypeError(f"k must be an int or an int array; got {k!r}.")
   backend = _backend(backend)
   scores = jnp.asarray(scores)
   return _select(scores, k, False, backend)
@@ -351,6 +428,10 @@ def select_bottom_k(scores: jnp.ndarray, k: Any, *, backend: str = "auto") -> jn
     >>> osp.select_bottom_k(jnp.array([0.5, 2.0, 1.0, 0.5]), 2).tolist()
     [True, False, False, True]
   """
+  if scores is None or not hasattr(scores, "shape") and not isinstance(scores, (list, tuple)):
+    raise TypeError(f"scores must be an array; got {scores!r}.")
+  if k is None or isinstance(k, (bool, str)):
+    raise TypeError(f"k must be an int or an int array; got {k!r}.")
   backend = _backend(backend)
   scores = jnp.asarray(scores)
   return _select(scores, k, True, backend)

@@ -18,11 +18,15 @@ Library decisions where the paper leaves a choice (see :doc:`/methods/nanoadam`)
   in float32 and an
   int32 valid count. ``k_max`` is fixed at ``init`` from ``max_density`` (or the density at step
   0), so a density schedule never changes shapes; the state is ``O(k)``, not ``O(n)``.
-* **Selection** is exact per whole matrix (no chunks), ties by lower flat index: leaves of at
-  most ``TOP_K_MAX_SIZE`` entries use ``jax.lax.top_k`` of ``-|W|`` at the static ``k_max``
-  (the first ``k_t`` outputs); larger ones use ``optax_sparse.masks.select.select_bottom_k``
-  with the traced ``k_t`` (a sort-free radix threshold, several times faster than a large
-  ``top_k`` on CPU). Both give the same set. The paper code's ``chunk_size`` is not provided.
+* **Selection** is exact per whole matrix (no chunks), ties by lower flat index:
+  ``optax_sparse.masks.select.select_bottom_k`` with the traced ``k_t`` (a sort-free radix
+  threshold, several times faster than a large ``top_k`` on CPU), then the ascending flat
+  indices by ``select.nonzero_indices``; both work in the leaf's shape, so on a device mesh
+  they reduce histograms and counts instead of gathering the matrix (``docs/sharding.md``).
+  The paper code's ``chunk_size`` is not provided.
+* **Sharding.** The compressed slots are replicated (``osp.state_shardings``); each step reads
+  and writes the slots through a multi-index into the sharded gradient and update, which XLA
+  partitions as local gathers / scatters plus an all-reduce of the ``k_max`` selected values.
 * **Moments on refresh** (proposed default): an entry that stays selected keeps its ``mu`` and
   ``nu``; a newly selected entry starts from zero; a dropped entry's moments are discarded.
   Without bias correction (Algorithm 1) the first step of a new entry is
@@ -100,8 +104,10 @@ class NanoAdamState(NamedTuple):
   skipped_leaves: jax.Array
 
 
-# Leaves up to this size select with ``jax.lax.top_k``; larger ones with the radix selection.
-TOP_K_MAX_SIZE = 1 << 16
+# Leaves up to this size select with ``jax.lax.top_k`` of the flattened leaf, others with the
+# radix selection in the leaf's shape. 0 (every leaf by radix): on a device mesh the flattened
+# top_k would gather the whole parameter, while the radix selection reduces histograms only.
+TOP_K_MAX_SIZE = 0
 
 
 def _is_moments(x: Any) -> bool:
@@ -121,6 +127,15 @@ def _k_of(density: jax.Array, n: int, k_max: int, current: jax.Array) -> jax.Arr
   return jnp.where(jnp.isnan(d), keep, jnp.clip(k, 1, k_max)).astype(jnp.int32)
 
 
+def _unravel(flat: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, ...]:
+  """Row-major multi-index of flat indices; the sentinels ``n + slot`` fall out of range."""
+  out = []
+  for size in reversed(shape[1:]):
+    out.append(flat % size)
+    flat = flat // size
+  return (flat, *reversed(out))
+
+
 def _refresh(
     leaf_abs: jax.Array, mom: NanoAdamSubsetMoments, k: jax.Array, backend: str = "xla"
 ) -> NanoAdamSubsetMoments:
@@ -130,14 +145,15 @@ def _refresh(
   if n <= TOP_K_MAX_SIZE:
     # Small leaves: top_k of -|W| at the static k_max (its first k outputs are the k smallest,
     # ties by lower flat index), then ascending order. Cheap to compile and to run.
-    _, raw = jax.lax.top_k(-leaf_abs, k_max)
+    _, raw = jax.lax.top_k(-leaf_abs.reshape(-1), k_max)
     slot = jnp.arange(k_max, dtype=jnp.int32)
     new_idx = jnp.sort(jnp.where(slot < k, raw.astype(jnp.int32), jnp.int32(n)))
   else:
-    # Large leaves: the sort-free radix threshold with the traced k (same ties), then the
-    # selected flat indices in ascending order; a large top_k is several times slower on CPU.
+    # The sort-free radix threshold with the traced k (same ties), then the selected flat
+    # indices in ascending order, both in the leaf's shape (nothing is gathered on a mesh; a
+    # large top_k is also several times slower on CPU).
     chosen = select.select_bottom_k(leaf_abs, k, backend=backend)
-    new_idx = jnp.nonzero(chosen, size=k_max, fill_value=n)[0].astype(jnp.int32)
+    new_idx = select.nonzero_indices(chosen, k_max, n)
   # Unused slots get distinct out-of-range indices n + slot: the index vector stays strictly
   # ascending and unique, which lets the gather and scatter of every step use the fast paths.
   slots = jnp.arange(k_max, dtype=jnp.int32)
@@ -311,7 +327,7 @@ def nanoadam(
       old = mom
       mom = jax.lax.cond(
           leaf_ok & (due | (k != mom.valid)),
-          lambda m: _refresh(jnp.abs(p.reshape(-1).astype(jnp.float32)), m, k, backend),
+          lambda m: _refresh(jnp.abs(p.astype(jnp.float32)), m, k, backend),
           lambda m: m,
           mom,
       )
@@ -328,14 +344,19 @@ def nanoadam(
         u = jnp.where(ok, u, 0.0)
       else:
         # The kernel's float32 operations in the same order (bit-identical results).
-        g_sel = jnp.take(g.reshape(-1), jnp.where(used, mom.indices, 0), mode="clip")
+        # Gather and scatter address the leaf in its own shape (a multi-index per slot): on a
+        # mesh each device reads / writes the slots in its shard, and the k slot values are
+        # all-reduced; a flat view would gather the whole gradient.
+        shape = p.shape or (1,)
+        where_ = _unravel(mom.indices, shape)
+        g_sel = g.reshape(shape).at[where_].get(mode="fill", fill_value=0)
         g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
         mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
         nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
         step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
         ok = leaf_ok & jnp.all(jnp.isfinite(step))
         step = jnp.where(ok, step, 0.0)
-        u = jnp.zeros((n,), jnp.float32).at[mom.indices].set(
+        u = jnp.zeros(shape, jnp.float32).at[where_].set(
             step, mode="drop", indices_are_sorted=True, unique_indices=True)
       new = mom._replace(mu=jnp.where(ok, mu, mom.mu), nu=jnp.where(ok, nu, mom.nu))
       # A skipped leaf keeps its whole state, its selection included.
