@@ -12,7 +12,7 @@ of ``optax_sparse.masks.select`` reduce small histograms across devices instead 
   ``out_shardings`` of a jitted ``tx.init`` and as the state's sharding of the train step.
 * :func:`collectives` reads the collective operations out of compiled HLO text
   (``jax.jit(f).lower(...).compile().as_text()``) with the bytes each one produces, which is how
-  the tests and ``benchmarks/sharding.py`` check that no step gathers a parameter.
+  the tests check that no step gathers a parameter.
 """
 
 from __future__ import annotations
