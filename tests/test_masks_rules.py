@@ -256,7 +256,8 @@ def test_rigl_cosine_drop_fraction_and_end_step():
 def test_drop_fraction_schedules():
   cosine = rules.dynamic._drop_fraction_schedule("drop_fraction", 0.3, 100)
   constant = rules.dynamic._drop_fraction_schedule("drop_fraction", 0.3, None)
-  given = rules.dynamic._drop_fraction_schedule("drop_fraction", optax.linear_schedule(0.5, 0.0, 10), 50)
+  given = rules.dynamic._drop_fraction_schedule(
+      "drop_fraction", optax.linear_schedule(0.5, 0.0, 10), 50)
   for t in (0, 25, 50, 100, 130):
     np.testing.assert_allclose(float(cosine(t)), 0.15 * (1 + math.cos(math.pi * min(t, 100) / 100)),
                                rtol=1e-5, atol=1e-7)
