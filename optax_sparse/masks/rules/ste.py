@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams
+from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation
 from optax_sparse.masks import groups as groups_lib
 from optax_sparse.masks.rules._base import (
   _is_none,
@@ -36,6 +36,9 @@ class SteState(NamedTuple):
     dense: the dense weights W (None for dense leaves, whose weights are the params).
     key: the PRNG key of :func:`random_ste` (step t draws with ``fold_in(key, t)``).
     inner_state: the inner optimizer's state (on W).
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (a leaf whose gradient or parameter is not finite keeps W, its mask and its inner state,
+      and its update is 0).
   """
 
   count: jax.Array
@@ -43,6 +46,7 @@ class SteState(NamedTuple):
   dense: Any
   key: jax.Array
   inner_state: optax.OptState
+  skipped_leaves: jax.Array
 
 
 def _ste(inner, sparsity, distribution, groups, where, seed, kind):
@@ -77,23 +81,27 @@ def _ste(inner, sparsity, distribution, groups, where, seed, kind):
     masks = jax.jit(lambda p, k: masks_of(p, eligible, jnp.zeros([], jnp.int32), k))(params, key)
     dense = _leafwise(lambda p: p, _template(eligible, params))
     return SteState(count=jnp.zeros([], jnp.int32), masks=masks, dense=dense, key=key,
-                    inner_state=inner.init(params))
+                    inner_state=inner.init(params), skipped_leaves=jnp.zeros([], jnp.int32))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    _validation.check_grads(grads, params)
     eligible = _eligibility.eligible_tree(where, params)
+    ok = _nonfinite.ok_tree(grads, params)
     weights = jax.tree.map(
         lambda d, p: p if d is None else d, state.dense, params, is_leaf=_is_none)
     extra_args.pop("masks", None)
-    u_w, inner_state = inner.update(grads, state.inner_state, weights, masks=state.masks,
-                                    **extra_args)
+    u_w, inner_state = _nonfinite.guard(
+        inner, grads, state.inner_state, weights, ok, masks=state.masks, **extra_args)
     new_w = jax.tree.map(
         lambda e, w, u: None if e is None else (jnp.asarray(w, jnp.float32) + u).astype(w.dtype),
         state.masks, weights, u_w, is_leaf=_is_none)
     full_w = jax.tree.map(lambda d, p: p if d is None else d, new_w, params, is_leaf=_is_none)
     count = optax.safe_increment(state.count)
     new_masks = masks_of(full_w, eligible, count, state.key)
+    new_masks = jax.tree.map(lambda n_, o, k: None if n_ is None else jnp.where(k, n_, o),
+                             new_masks, state.masks, ok, is_leaf=_is_none)
 
     def emit(m, u, p, w):
       if m is None:
@@ -101,8 +109,10 @@ def _ste(inner, sparsity, distribution, groups, where, seed, kind):
       return jnp.where(m, jnp.asarray(w, p.dtype) - p, -p).astype(p.dtype)
 
     updates = jax.tree.map(emit, new_masks, u_w, params, new_w, is_leaf=_is_none)
+    updates = _nonfinite.zero_bad(updates, ok)
     return updates, SteState(count=count, masks=new_masks, dense=new_w, key=state.key,
-                             inner_state=inner_state)
+                             inner_state=inner_state,
+                             skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
