@@ -114,10 +114,10 @@ def test_guide_recipes_construct():
   guide = (EXAMPLES.parent / "docs" / "guide.md").read_text()
   table = guide.split("## Recipes")[1].split("\n## ")[0]
   calls = [c for c in re.findall(r"`([^`]+)`", table)
-           if c.startswith(("osp.", "optax.")) and "..." not in c]
+           if c.startswith(("osp.", "optax.")) and "(" in c and "..." not in c]
   assert len(calls) >= 15
   namespace = {"osp": osp, "optax": optax, "jax": jax, "lr": optax.cosine_decay_schedule(0.1, 100),
-               "T": 1000, "S": 10, "E": 100, "s": 0.9, "steps_per_epoch": 10,
+               "T": 1000, "S": 10, "E": 100, "k": 10, "s": 0.9, "steps_per_epoch": 10,
                "inner": optax.sgd(0.1)}
   for call in calls:
     tx = eval(call, namespace)  # noqa: S307
