@@ -53,7 +53,7 @@ extensions = [
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 # Benchmark fragments are included by benchmarks.md, never built as pages of their own.
-exclude_patterns = ["_build", "benchmarks/*.md", "benchmarks/**/*.md"]
+exclude_patterns = ["_build", "benchmarks/*.md", "benchmarks/**/*.md", "reproductions/*.md"]
 myst_enable_extensions = ["dollarmath", "amsmath", "substitution"]
 myst_heading_anchors = 3
 suppress_warnings = ["myst.header"]  # benchmark fragments may start at any heading level
