@@ -51,6 +51,7 @@ import numpy as np
 
 from optax_sparse import masks as masks_lib
 from optax_sparse.masks import select
+from optax_sparse.masks.rules import _base as rules_base
 
 __all__ = ["wanda", "wanda_masks", "wanda_scores"]
 
@@ -351,14 +352,9 @@ def wanda(norms: Any, *, n: int | None = None, m: int | None = None,
       out.append(leaf_mask(_leaf_scores(p, s), d, n, m, tuple(jnp.shape(p))))
     return jax.tree.unflatten(treedef, out)
 
-  def all_true(params, target):
-    return jax.tree.map(
-        lambda e, p: jnp.ones(jnp.shape(p), bool) if (e and p is not None) else None,
-        target.eligible, params, is_leaf=_is_none)
-
   def init_masks(params, target, key):
     del key
-    return pattern(params, target) if at_step == 0 else all_true(params, target)
+    return pattern(params, target) if at_step == 0 else rules_base._all_true(params, target)
 
   def is_update_step(count):
     return jnp.asarray(at_step > 0) & (count == at_step)
