@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_sparse import _eligibility
+from optax_sparse import _eligibility, _nonfinite, _validation
 from optax_sparse.masks import rules as rules_lib
 from optax_sparse.masks.sparse import _check_masks, sparse
 
@@ -115,12 +115,16 @@ class KeepMaskState(NamedTuple):
       dense leaf).
     inner_state: the inner optimizer's state over the compact parameters (one vector of the
       active entries per masked leaf, dense leaves unchanged).
+    skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
+      (``docs/nonfinite.md``): a leaf whose gradient or parameter holds a NaN or an infinity
+      gets a zero update and keeps its inner state.
   """
 
   count: jax.Array
   masks: Any
   indices: Any
   inner_state: optax.OptState
+  skipped_leaves: jax.Array
 
 
 def _pack(tree: Any, indices: Any) -> Any:
@@ -188,10 +192,12 @@ def keep_mask(
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
+    skipped = jnp.zeros([], jnp.int32)
     if not jax.tree.leaves(params):
       # optax.tree.map_params's placeholders: nothing to mask or pack.
       none = jax.tree.map(lambda p: None, params)
-      return KeepMaskState(count, none, none, inner.init(params))
+      return KeepMaskState(count, none, none, inner.init(params), skipped)
+    _validation.check_float_params(params)
     eligible = _eligibility.eligible_tree(where, params)
     if masks is None:
       leaf_masks = _nonzero_masks(params, eligible)
@@ -210,26 +216,33 @@ def keep_mask(
       return jnp.asarray(np.flatnonzero(concrete), jnp.int32)
 
     idx = jax.tree.map(indices, leaf_masks, is_leaf=_is_none)
-    return KeepMaskState(count, leaf_masks, idx, inner.init(_pack(params, idx)))
+    return KeepMaskState(count, leaf_masks, idx, inner.init(_pack(params, idx)), skipped)
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
       raise ValueError(optax._src.base.NO_PARAMS_MSG)
+    _validation.check_grads(grads, params)
     extra_args.pop("masks", None)
-    packed_updates, inner_state = inner.update(
-        _pack(grads, state.indices), state.inner_state, _pack(params, state.indices),
-        masks=state.masks, **extra_args)
+    # Non-finite policy (docs/nonfinite.md), decided on the full gradient and parameter of each
+    # leaf: a skipped leaf gives the inner optimizer zeros, gets a zero update and keeps its
+    # compact inner state.
+    ok = _nonfinite.ok_tree(grads, params)
+    packed_updates, inner_state = _nonfinite.guard(
+        inner, _pack(grads, state.indices), state.inner_state, _pack(params, state.indices),
+        ok, masks=state.masks, **extra_args)
 
-    def unpack(u, i, m, p):
+    def unpack(u, i, m, p, k):
       if i is None:
         return u
       full = jnp.zeros(p.size, u.dtype).at[i].set(u, unique_indices=True, indices_are_sorted=True)
-      return jnp.where(m, full.reshape(p.shape), -p).astype(p.dtype)
+      out = jnp.where(m, full.reshape(p.shape), -p)
+      return jnp.where(k, out, jnp.zeros_like(out)).astype(p.dtype)
 
     updates = jax.tree.map(
-        unpack, packed_updates, state.indices, state.masks, params, is_leaf=_is_none)
+        unpack, packed_updates, state.indices, state.masks, params, ok, is_leaf=_is_none)
     return updates, KeepMaskState(
-        optax.safe_increment(state.count), state.masks, state.indices, inner_state)
+        optax.safe_increment(state.count), state.masks, state.indices, inner_state,
+        state.skipped_leaves + _nonfinite.n_skipped(ok))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
