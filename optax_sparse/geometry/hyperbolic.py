@@ -150,12 +150,14 @@ def _hyperbolic_update(
     max_weight_norm: float | None,
     where: _eligibility.Where,
     backend: str,
+    ok: Any = None,
 ) -> tuple[Any, HyperbolicStepState]:
   """The hyperbolic step on ``θ½ = params + base_updates``; returns ``θ_{t+1} − params``.
 
   With ``base_updates=None`` the iterate is ``params`` itself (:func:`hyperbolic_step`). The
   update is written in one expression from ``params``: no separate pass forms ``θ½`` or adds
-  the base update to the hyperbolic one.
+  the base update to the hyperbolic one. ``ok``: the per-leaf verdict of the caller, who then
+  counts the skips (the leaves it gets are already zeroed).
   """
   lr = _hyperparams.evaluate(learning_rate, state.count)
   a = jnp.asarray(alpha, jnp.float32)
@@ -173,18 +175,24 @@ def _hyperbolic_update(
   ub_l = none if base_updates is None else treedef.flatten_up_to(
       _validation.to_none(base_updates))
   m_l = none if masks is None else treedef.flatten_up_to(_validation.to_none(masks))
+  # ok given (ham): the caller checked the raw leaves and zeroed the bad ones; checking the
+  # zeroed leaves again would cost two more reads of each (and keep them materialized).
+  k_l = none if ok is None else treedef.flatten_up_to(_validation.to_none(ok))
   zero = jnp.zeros([], jnp.int32)
 
-  def leaf(g, p, ub, elig, mask):
+  def leaf(g, p, ub, elig, mask, ok):
     if p is None:
       return None, zero
     # Non-finite policy (docs/nonfinite.md): a leaf whose gradient or parameter is not finite
     # emits exactly 0 and is counted.
-    ok = _nonfinite.finite(g) & _nonfinite.finite(p)
+    if ok is None:
+      ok = _nonfinite.finite(g) & _nonfinite.finite(p)
+      skipped = (~ok).astype(jnp.int32)
+    else:
+      skipped = zero  # the caller counted it (here the leaf is zeros, as inside compose)
     p32 = p.astype(jnp.float32)
     # θ½ exactly as optax.apply_updates forms it (rounded to the parameters' dtype).
     h = p32 if ub is None else (p + ub).astype(p.dtype).astype(jnp.float32)
-    skipped = (~ok).astype(jnp.int32)
     if not elig:
       if max_weight_norm is None:
         u = jnp.zeros_like(p) if ub is None else ub
@@ -212,7 +220,7 @@ def _hyperbolic_update(
     return jnp.where(ok, u, 0.0).astype(p.dtype), skipped
 
   # Flat lists, not a tree of pairs: the parameters may themselves be tuples.
-  out = [leaf(*xs) for xs in zip(g_l, p_l, ub_l, e_l, m_l, strict=True)]
+  out = [leaf(*xs) for xs in zip(g_l, p_l, ub_l, e_l, m_l, k_l, strict=True)]
   new_updates = _validation.like(raw_grads, treedef.unflatten([u for u, _ in out]))
   skipped = sum((k for _, k in out), zero)
   return new_updates, HyperbolicStepState(
@@ -370,10 +378,11 @@ def ham(
     base_state, step_state = state.inner_states
     base_updates, base_state = _nonfinite.guard(
         base, updates, base_state, params, ok, **extra_args)
+    # The step gets ok: the zeroed leaves need no second check (two more reads of each).
     new_updates, step_state = _hyperbolic_update(
         _nonfinite.zero_bad(updates, ok), step_state, _nonfinite.zero_bad(params, ok),
         base_updates, extra_args.get("masks"), learning_rate=learning_rate, alpha=alpha,
-        beta=beta, max_weight_norm=max_weight_norm, where=where, backend=backend)
+        beta=beta, max_weight_norm=max_weight_norm, where=where, backend=backend, ok=ok)
     new_updates = _nonfinite.zero_bad(new_updates, ok)
     return new_updates, ComposeState(
         inner_states=(base_state, step_state),
