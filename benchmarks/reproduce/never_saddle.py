@@ -158,10 +158,38 @@ def main(argv=None) -> dict:
       "1/scale at depth 3) unless its rate is large; sign descent's escape time barely depends "
       "on the init scale (the distance to travel divided by lr). Large rates make sign descent "
       "oscillate (no halving) or diverge.",
+      "",
+      "![Escape time against init scale](never_saddle.png)",
+      "",
       f"(runtime {time.perf_counter() - start:.0f} s on this machine)",
   ])
   C.write("never_saddle", text, args.fast)
+  if not args.fast:
+    plot(out, depths, qs, scales, lrs, steps)
   return out
+
+
+def plot(out, depths, qs, scales, lrs, steps, lr=0.01):
+  """Escape step against init scale at one learning rate, per depth (runs that never escape at
+  the step budget)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  j = list(lrs).index(lr)
+  fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.2), sharey=True)
+  for ax, depth in zip(np.atleast_1d(axes), depths, strict=True):
+    for q in qs:
+      t = out[(depth, q)][:, j].astype(float)
+      t = np.where((t < 0) | (t > steps), steps, t).mean(-1)
+      ax.plot(scales, t, "o-", label=NAMES[q])
+    ax.axhline(steps, color="grey", lw=0.8, ls="--")
+    ax.set(xscale="log", yscale="log", xlabel="init scale", title=f"depth {depth}, lr {lr:g}")
+  np.atleast_1d(axes)[0].set_ylabel("steps until the loss halves")
+  np.atleast_1d(axes)[0].legend(fontsize=8)
+  fig.tight_layout()
+  C.savefig(fig, "never_saddle", False)
 
 
 if __name__ == "__main__":
