@@ -164,6 +164,7 @@ def train_grid(
     extra_fn: Callable | None = None,
     init_fn: Callable | None = None,
     update_kwargs: Callable | None = None,
+    aux: Sequence | None = None,
 ) -> Runs:
   """Trains ``model`` with ``make_tx(lr_schedule, steps)`` for every learning rate and seed.
 
@@ -178,6 +179,9 @@ def train_grid(
     extra_fn: ``(init_params, final_params, final_state) -> dict`` of extra per-run results.
     init_fn: optional ``(key) -> params`` replacing the model's initialisation.
     update_kwargs: optional ``(params, step) -> dict`` of extra arguments for ``tx.update``.
+    aux: optional per-configuration values, one row per entry of ``lrs`` (vmapped with it);
+      ``make_tx`` is then called as ``make_tx(schedule, steps, row)``, so a whole grid of
+      (learning rate, other hyperparameters) compiles once.
   """
   m_init, apply, _ = MODELS[model]
   m_init = init_fn or m_init
@@ -191,12 +195,13 @@ def train_grid(
   def accuracy(p, x, y):
     return jnp.mean(jnp.argmax(apply(p, x), -1) == y)
 
-  def one(lr, seed):
+  def one(lr, row, seed):
     key = jax.random.key(seed)
     k_init, k_mask, k_data = jax.random.split(key, 3)
     params0 = m_init(k_init)
     schedule = optax.cosine_decay_schedule(1.0, steps, alpha=0.1)
-    tx = make_tx(lambda c: lr * schedule(c), steps)
+    sched = lambda c: lr * schedule(c)  # noqa: E731
+    tx = make_tx(sched, steps) if aux is None else make_tx(sched, steps, row)
     state = permute_masks(tx.init(params0), jax.random.key_data(k_mask))
 
     def step(carry, inputs):
@@ -216,8 +221,9 @@ def train_grid(
       out.update(extra_fn(params0, params, state))
     return out
 
-  f = jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, None)))
-  res = jax.device_get(f(jnp.asarray(lrs, jnp.float32), jnp.asarray(seeds, jnp.uint32)))
+  rows = jnp.zeros(len(lrs)) if aux is None else jnp.asarray(aux, jnp.float32)
+  f = jax.jit(jax.vmap(jax.vmap(one, (None, None, 0)), (0, 0, None)))
+  res = jax.device_get(f(jnp.asarray(lrs, jnp.float32), rows, jnp.asarray(seeds, jnp.uint32)))
   extra = {k: np.asarray(v) for k, v in res.items() if k not in ("val", "test", "loss")}
   return Runs(np.asarray(lrs), np.asarray(seeds), np.asarray(res["val"]),
               np.asarray(res["test"]), np.asarray(res["loss"]), extra)
