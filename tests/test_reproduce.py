@@ -30,11 +30,22 @@ SCRIPTS = [
     (["wd_switch_off.py", "--fast"],
      ["schedule", "configs", "selected", "val MSE", "test error ‖θ − x*‖/‖x*‖", "train residual",
       "‖θ‖₁ / ‖θ_L1‖₁"], 3),
+    (["never_saddle.py", "--fast"], ["optimizer", "init scale", "lr 0.01", "lr 0.1"], 2),
+    (["pilot_implicit_bias.py", "--fast"],
+     ["β", "λ_init", "‖θ − θ_L2‖ / ‖θ_L2‖", "‖θ − θ_L1‖ / ‖θ_L1‖", "‖θ‖₁ / ‖θ_L1‖₁",
+      "max residual"], 2),
+    (["pilot_pruning.py", "--fast"],
+     ["method", "dense", "90% cut", "95% cut", "90% + fine-tune", "95% + fine-tune"], 2),
+    (["sign_in_random_pai.py", "--fast"],
+     ["optimizer", "best lr", "test acc %", "sign flips", "flipped % of active", "acc @ 0.1"], 2),
+    (["nanoadam_forgetting.py", "--fast"],
+     ["optimizer", "lr chosen on", "lr", "B (new task)", "A (retained)", "A forgotten", "moved"],
+     4),
 ]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT_DIR = ROOT / "benchmarks" / "reproduce"
-NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|nan|inf", re.IGNORECASE)
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|\b(?:nan|inf)\b", re.IGNORECASE)
 
 
 def tables(text: str) -> list[list[list[str]]]:
