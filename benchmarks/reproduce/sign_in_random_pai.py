@@ -6,15 +6,15 @@ ImageNet, not this model): training from a fixed random mask struggles partly be
 rarely change sign; the ``m * w`` reparameterization with periodic resets of the balance
 ``gamma`` lets more signs flip and improves the accuracy of random pruning at initialization.
 
-Setting: the digits MLP 64-128-10 with a static random mask at 90% sparsity (ERK, a fresh mask
-per seed), batch 64, 1500 steps, cosine decay to 10%, 3 seeds. All three optimizers use the
-same base, ``optax.sgd(lr, momentum=0.9)`` with coupled weight decay 5e-4, and the same
-learning-rate grid: plain (the base on ``theta``), Sign-In with a reset every epoch (16 steps,
-``gamma = 1``, the paper's defaults) and Sign-In without resets (the ablation). Sign flips are
-counted between the initial weights and the trained ones on the active entries
+Setting: the digits MLP 64-128-10 with a static random mask at 90% sparsity (``--sparsity``;
+ERK, a fresh mask per seed), batch 64, 1500 steps, cosine decay to 10%, 3 seeds. All three
+optimizers use the same base, ``optax.sgd(lr, momentum=0.9)`` with coupled weight decay 5e-4,
+and the same learning-rate grid: plain (the base on ``theta``), Sign-In with a reset every epoch
+(16 steps, ``gamma = 1``, the paper's defaults) and Sign-In without resets (the ablation). Sign
+flips are counted between the initial weights and the trained ones on the active entries
 (``osp.count_sign_flips``). The learning rate is chosen on the validation split.
 
-    python benchmarks/reproduce/sign_in_random_pai.py [--fast]
+    python benchmarks/reproduce/sign_in_random_pai.py [--sparsity 0.9] [--fast]
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import optax
 
 osp = C.osp
 
-SPARSITY = 0.9
 WD = 5e-4
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="seconds-long smoke run")
+  parser.add_argument("--sparsity", type=float, default=0.9, help="of the static random mask")
   args = parser.parse_args(argv)
   start = time.perf_counter()
   data = C.digits()
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
   rows, out = [], {}
   for name, make_inner in makers.items():
     def make(lr, T, make_inner=make_inner):
-      return osp.sparse(make_inner(lr, T), osp.static_random(), sparsity=SPARSITY,
+      return osp.sparse(make_inner(lr, T), osp.static_random(), sparsity=args.sparsity,
                         distribution=osp.erk())
     r = C.train_grid(make, "mlp", data, steps=steps, lrs=lrs, seeds=seeds, extra_fn=extra)
     out[name] = r
@@ -76,16 +76,20 @@ def main(argv=None) -> dict:
   acc_gap = 100 * (sign.test_acc[sb].mean() - plain.test_acc[pb].mean())
   flip_ratio = sign.extra["flips"][sb].mean() / max(plain.extra["flips"][pb].mean(), 1.0)
   noise = 100 * max(sign.test_acc[sb].std(ddof=1), plain.test_acc[pb].std(ddof=1))
+  acc_part = ("higher accuracy" if acc_gap > noise else "lower accuracy" if acc_gap < -noise
+              else "accuracy within the seed spread")
+  flip_part = "more sign flips" if flip_ratio > 1.0 else "fewer sign flips"
   if acc_gap > noise and flip_ratio > 1.0:
     verdict = "reproduces in direction"
-  elif flip_ratio > 1.0 and abs(acc_gap) <= noise:
-    verdict = "inconclusive (more sign flips, accuracy within the seed spread)"
+  elif abs(acc_gap) <= noise:
+    verdict = f"inconclusive ({acc_part}, {flip_part})"
   else:
-    verdict = "does not reproduce"
+    verdict = f"does not reproduce ({acc_part}, {flip_part})"
   text = "\n".join([
-      "### Sign-In: random pruning at initialization (90%)",
+      f"### Sign-In: random pruning at initialization ({100 * args.sparsity:g}%)",
       "",
-      f"Digits MLP 64-128-10, static random ERK mask at 90%, {steps} steps, {len(seeds)} seeds; "
+      f"Digits MLP 64-128-10, static random ERK mask at {100 * args.sparsity:g}%, {steps} "
+      f"steps, {len(seeds)} seeds; "
       f"base `optax.sgd(lr, momentum=0.9)` + weight decay {WD:g} for all three, learning-rate "
       f"grid {C.lr_grid_text(lrs)}, chosen on validation. Sign flips: active weights whose sign "
       "differs from initialization at the end (mean ± std over seeds, at the chosen rate).",
@@ -102,7 +106,8 @@ def main(argv=None) -> dict:
       f"(largest seed std {noise:.1f}), {flip_ratio:.2f}x the sign flips.",
       f"(runtime {time.perf_counter() - start:.0f} s on this machine)",
   ])
-  C.write("sign_in_random_pai", text, args.fast)
+  suffix = "" if args.sparsity == 0.9 else f"_{round(100 * args.sparsity)}"
+  C.write(f"sign_in_random_pai{suffix}", text, args.fast)
   return out
 
 
