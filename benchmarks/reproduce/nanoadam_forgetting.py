@@ -210,7 +210,8 @@ def main(argv=None) -> dict:
       "",
       *sections,
       "The paper reports that NanoAdam matches or beats AdamW on the fine-tuning task while "
-      "keeping more of the pretraining task (e.g. ViT-L CIFAR-10 -> Flowers102, BERT on GLUE); "
+      "keeping more of the pretraining task (forgetting measured e.g. with ViT-L, CIFAR-10 -> "
+      "Flowers102); "
       "it gives no number for this model.",
       "**Verdict: " + "; ".join(f"{k}: {v}" for k, v in verdicts.items()) + ".**",
       f"(runtime {time.perf_counter() - start:.0f} s on this machine)",
