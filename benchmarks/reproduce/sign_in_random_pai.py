@@ -6,15 +6,16 @@ ImageNet, not this model): training from a fixed random mask struggles partly be
 rarely change sign; the ``m * w`` reparameterization with periodic resets of the balance
 ``gamma`` lets more signs flip and improves the accuracy of random pruning at initialization.
 
-Setting: the digits MLP 64-128-10 with a static random mask at 90% sparsity (``--sparsity``;
-ERK, a fresh mask per seed), batch 64, 1500 steps, cosine decay to 10%, 3 seeds. All three
-optimizers use the same base, ``optax.sgd(lr, momentum=0.9)`` with coupled weight decay 5e-4,
-and the same learning-rate grid: plain (the base on ``theta``), Sign-In with a reset every epoch
-(16 steps, ``gamma = 1``, the paper's defaults) and Sign-In without resets (the ablation). Sign
-flips are counted between the initial weights and the trained ones on the active entries
-(``osp.count_sign_flips``). The learning rate is chosen on the validation split.
+Setting: the digits MLP 64-128-10 (``--model cnn``: the digits CNN) with a static random mask at
+90% sparsity (``--sparsity``; ERK, a fresh mask per seed), batch 64, 1500 steps, cosine decay to
+10%, 3 seeds. All three optimizers use the same base, ``optax.sgd(lr, momentum=0.9)`` with
+coupled weight decay 5e-4, and the same learning-rate grid: plain (the base on ``theta``), Sign-
+In with a reset every epoch (16 steps, ``gamma = 1``, the paper's defaults) and Sign-In without
+resets (the ablation). Sign flips are counted between the initial weights and the trained ones
+on the active entries (``osp.count_sign_flips``). The learning rate is chosen on the validation
+split.
 
-    python benchmarks/reproduce/sign_in_random_pai.py [--sparsity 0.9] [--fast]
+    python benchmarks/reproduce/sign_in_random_pai.py [--sparsity 0.9] [--model mlp|cnn] [--fast]
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ import optax
 osp = C.osp
 
 WD = 5e-4
+MODEL_TEXT = {"mlp": "MLP 64-128-10", "cnn": "CNN (two 3x3 convolutions, two dense layers)"}
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="seconds-long smoke run")
   parser.add_argument("--sparsity", type=float, default=0.9, help="of the static random mask")
+  parser.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
   args = parser.parse_args(argv)
   start = time.perf_counter()
-  data = C.digits()
+  data = C.digits(images=C.MODELS[args.model][2])
   steps, seeds = (20, [0, 1]) if args.fast else (1500, [0, 1, 2])
   lrs = (0.1,) if args.fast else (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
   spe = len(data.x_train) // 64
@@ -64,7 +67,7 @@ def main(argv=None) -> dict:
     def make(lr, T, make_inner=make_inner):
       return osp.sparse(make_inner(lr, T), osp.static_random(), sparsity=args.sparsity,
                         distribution=osp.erk())
-    r = C.train_grid(make, "mlp", data, steps=steps, lrs=lrs, seeds=seeds, extra_fn=extra)
+    r = C.train_grid(make, args.model, data, steps=steps, lrs=lrs, seeds=seeds, extra_fn=extra)
     out[name] = r
     b = r.best()
     rows.append(f"| {name} | {lrs[b]:g} | {C.pct(r.test_acc[b])} | "
@@ -86,10 +89,11 @@ def main(argv=None) -> dict:
   else:
     verdict = f"does not reproduce ({acc_part}, {flip_part})"
   text = "\n".join([
-      f"### Sign-In: random pruning at initialization ({100 * args.sparsity:g}%)",
+      f"### Sign-In: random pruning at initialization ({100 * args.sparsity:g}%)"
+      + ("" if args.model == "mlp" else f", {args.model}"),
       "",
-      f"Digits MLP 64-128-10, static random ERK mask at {100 * args.sparsity:g}%, {steps} "
-      f"steps, {len(seeds)} seeds; "
+      f"Digits {MODEL_TEXT[args.model]}, static random ERK mask at {100 * args.sparsity:g}%, "
+      f"{steps} steps, {len(seeds)} seeds; "
       f"base `optax.sgd(lr, momentum=0.9)` + weight decay {WD:g} for all three, learning-rate "
       f"grid {C.lr_grid_text(lrs)}, chosen on validation. Sign flips: active weights whose sign "
       "differs from initialization at the end (mean ± std over seeds, at the chosen rate).",
@@ -106,7 +110,8 @@ def main(argv=None) -> dict:
       f"(largest seed std {noise:.1f}), {flip_ratio:.2f}x the sign flips.",
       f"(runtime {time.perf_counter() - start:.0f} s on this machine)",
   ])
-  suffix = "" if args.sparsity == 0.9 else f"_{round(100 * args.sparsity)}"
+  suffix = ("" if args.sparsity == 0.9 else f"_{round(100 * args.sparsity)}") + (
+      "" if args.model == "mlp" else f"_{args.model}")
   C.write(f"sign_in_random_pai{suffix}", text, args.fast)
   return out
 
