@@ -127,6 +127,48 @@ def _k_of(density: jax.Array, n: int, k_max: int, current: jax.Array) -> jax.Arr
   return jnp.where(jnp.isnan(d), keep, jnp.clip(k, 1, k_max)).astype(jnp.int32)
 
 
+# On one device (no mesh to keep the leaf sharded on), the refresh may work on the flattened
+# leaf: ``jax.lax.top_k`` when ``k_max`` is at most this fraction of the leaf (a partial sort
+# of few entries is faster on CPU than the radix passes), otherwise the radix selection with
+# ``_flat_nonzero`` as the compaction (cheaper on CPU than the shape-preserving ranks of
+# ``select.nonzero_indices``). Both give exactly the indices of the mesh path.
+ONE_DEVICE_TOP_K_MAX_FRACTION = 1 / 32
+
+
+def _one_device() -> bool:
+  return jax.device_count() == 1
+
+
+def _flat_nonzero(mask: jax.Array, size: int, fill_value: int) -> jax.Array:
+  """``select.nonzero_indices(mask, size, fill_value)`` on one device, without a prefix sum of n.
+
+  The mask is packed into 32-bit words (one pass); slot ``s`` finds its word by a binary search
+  over the words' inclusive set-bit counts, and its bit by a 5-step popcount bisection inside the
+  word. Work O(n) + O(size log n), against the O(n log n) prefix sum and the n-update scatter of
+  the general compaction on XLA CPU.
+  """
+  flat = mask.reshape(-1)
+  n = flat.size
+  rows = -(-n // 32)
+  flat = jnp.pad(flat, (0, rows * 32 - n)).reshape(rows, 32)
+  bit = jnp.uint32(1) << jnp.arange(32, dtype=jnp.uint32)
+  words = jnp.sum(jnp.where(flat, bit, jnp.uint32(0)), axis=1, dtype=jnp.uint32)
+  counts = jax.lax.population_count(words).astype(jnp.int32)
+  inclusive = jnp.cumsum(counts)
+  slot = jnp.arange(size, dtype=jnp.int32)
+  row = jnp.searchsorted(inclusive, slot, side="right", method="scan_unrolled").astype(jnp.int32)
+  safe = jnp.minimum(row, rows - 1)
+  rank = slot - (inclusive[safe] - counts[safe])  # the wanted set bit of the word, 0-based
+  word = words[safe]
+  pos = jnp.zeros_like(slot)
+  for step in (16, 8, 4, 2, 1):
+    cand = pos + step
+    below = jax.lax.population_count(
+        word & ((jnp.uint32(1) << cand.astype(jnp.uint32)) - jnp.uint32(1))).astype(jnp.int32)
+    pos = jnp.where(below <= rank, cand, pos)
+  return jnp.where(row < rows, safe * 32 + pos, jnp.int32(fill_value))
+
+
 def _unravel(flat: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, ...]:
   """Row-major multi-index of flat indices; the sentinels ``n + slot`` fall out of range."""
   out = []
@@ -142,10 +184,14 @@ def _refresh(
   """Selects the ``k`` smallest magnitudes; keeps the moments of entries that stay selected."""
   n = leaf_abs.size
   k_max = mom.indices.shape[0]
-  if n <= TOP_K_MAX_SIZE:
+  one_device = _one_device() and backend != "pallas"
+  if n <= TOP_K_MAX_SIZE or (one_device and k_max <= ONE_DEVICE_TOP_K_MAX_FRACTION * n):
     # Small leaves: top_k of -|W| at the static k_max (its first k outputs are the k smallest,
-    # ties by lower flat index), then ascending order. Cheap to compile and to run.
-    _, raw = jax.lax.top_k(-leaf_abs.reshape(-1), k_max)
+    # ties by lower flat index), then ascending order. Cheap to compile and to run. Entries
+    # that compare equal to 0 (subnormals, which XLA CPU flushes) are 0, as in the radix keys.
+    flat = leaf_abs.reshape(-1)
+    flat = jnp.where(flat == 0, jnp.float32(0), flat)
+    _, raw = jax.lax.top_k(-flat, k_max)
     slot = jnp.arange(k_max, dtype=jnp.int32)
     new_idx = jnp.sort(jnp.where(slot < k, raw.astype(jnp.int32), jnp.int32(n)))
   else:
@@ -153,13 +199,16 @@ def _refresh(
     # indices in ascending order, both in the leaf's shape (nothing is gathered on a mesh; a
     # large top_k is also several times slower on CPU).
     chosen = select.select_bottom_k(leaf_abs, k, backend=backend)
-    new_idx = select.nonzero_indices(chosen, k_max, n)
+    if one_device:
+      new_idx = _flat_nonzero(chosen, k_max, n)
+    else:
+      new_idx = select.nonzero_indices(chosen, k_max, n)
   # Unused slots get distinct out-of-range indices n + slot: the index vector stays strictly
   # ascending and unique, which lets the gather and scatter of every step use the fast paths.
   slots = jnp.arange(k_max, dtype=jnp.int32)
   new_idx = jnp.where(new_idx < n, new_idx, jnp.int32(n) + slots)
   # Old indices are ascending with sentinels last, so membership is a binary search: O(k log k).
-  pos = jnp.clip(jnp.searchsorted(mom.indices, new_idx), 0, k_max - 1)
+  pos = jnp.clip(jnp.searchsorted(mom.indices, new_idx, method="scan_unrolled"), 0, k_max - 1)
   kept = (mom.indices[pos] == new_idx) & (new_idx < n)
   mu = jnp.where(kept, mom.mu[pos], 0.0)
   nu = jnp.where(kept, mom.nu[pos], 0.0)
@@ -347,7 +396,9 @@ def nanoadam(
         # Gather and scatter address the leaf in its own shape (a multi-index per slot): on a
         # mesh each device reads / writes the slots in its shard, and the k slot values are
         # all-reduced; a flat view would gather the whole gradient.
-        shape = p.shape or (1,)
+        # On one device the slots address the flat view (a bitcast): the same values without
+        # the per-slot multi-index arithmetic.
+        shape = (n,) if _one_device() else (p.shape or (1,))
         where_ = _unravel(mom.indices, shape)
         g_sel = g.reshape(shape).at[where_].get(mode="fill", fill_value=0)
         g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
