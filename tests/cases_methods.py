@@ -12,15 +12,17 @@ import optax_sparse as osp  # noqa: E402
 # optimum becomes the largest of its matrix and is never selected again, so at partial density
 # the mixed target is not solvable. The 1-D targets run its dense Adam path, and the mixed target
 # runs the compressed path at full density.
+# The compressed state is sized from max_density, static for inject_hyperparams (a traced
+# density cannot size it; docs/nonfinite.md, "Wrappers").
 CASES.append(Case(
     "nanoadam", osp.nanoadam,
-    {"learning_rate": 1e-2, "density": 0.5, "refresh_every": 10},
-    static_args=("refresh_every",), targets=("parabola", "rosenbrock"),
+    {"learning_rate": 1e-2, "density": 0.5, "refresh_every": 10, "max_density": 0.5},
+    static_args=("refresh_every", "max_density"), targets=("parabola", "rosenbrock"),
 ))
 CASES.append(Case(
     "nanoadam_full_density", osp.nanoadam,
-    {"learning_rate": 1e-2, "density": 1.0, "refresh_every": 10},
-    static_args=("refresh_every",), targets=("mixed",),
+    {"learning_rate": 1e-2, "density": 1.0, "refresh_every": 10, "max_density": 1.0},
+    static_args=("refresh_every", "max_density"), targets=("mixed",),
 ))
 
 

@@ -28,6 +28,8 @@ class Case:
       transform) is registered chained with one.
     steps: scanned steps for the convergence check.
     extra_args: keyword arguments passed to ``update`` on every call.
+    jit_init: whether ``init`` works under ``jax.jit`` (optax's contrib suite jits it); False
+      only where the state's shapes depend on the parameters' values by design.
   """
 
   name: str
@@ -38,6 +40,7 @@ class Case:
   targets: tuple[str, ...] = ("parabola", "rosenbrock", "mixed")
   steps: int = 3000
   extra_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+  jit_init: bool = True
 
   def build(self, **overrides: Any):
     return self.factory(**{**self.kwargs, **overrides})

@@ -7,6 +7,7 @@ transformation and, where the bad value is only seen with the parameters, runs `
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
@@ -32,6 +33,9 @@ def _update(tx, grads, params=P):
 INT_P = {"w": jnp.ones((4, 8), jnp.int32)}
 SHAPE_G = {"w": jnp.ones((4, 1)), "b": jnp.zeros((8,))}
 STRUCT_G = {"w": jnp.ones((4, 8))}
+# The battery's shapes: a (16, 1) gradient for a (16, 64) parameter is never broadcast.
+P16 = {"w": jnp.ones((16, 64))}
+G16 = {"w": jnp.ones((16, 1))}
 
 CASES = [
     # sparse(): construction.
@@ -87,6 +91,8 @@ CASES = [
      _init(lambda: osp.sparse(SGD, osp.rigl(), lambda t: 2.0)), ValueError, "sparsity"),
     ("sparse_grad_shape", _update(lambda: osp.sparse(SGD, osp.rigl(), 0.5), SHAPE_G),
      ValueError, "shape"),
+    ("sparse_grad_16x1", _update(lambda: osp.sparse(optax.adam(0.1), osp.rigl(), 0.5), G16,
+                                 P16), ValueError, "(16, 1)"),
     ("sparse_grad_structure", _update(lambda: osp.sparse(SGD, osp.rigl(), 0.5), STRUCT_G),
      ValueError, "structure"),
     ("sparse_erk_override_unknown",
@@ -161,6 +167,8 @@ CASES = [
     ("ham_int_params", _init(lambda: osp.ham(optax.adamw(0.1), 0.1), INT_P), TypeError,
      "params"),
     ("ham_grad_shape", _update(lambda: osp.ham(SGD, 0.1), SHAPE_G), ValueError, "shape"),
+    ("ham_grad_16x1", _update(lambda: osp.ham(optax.adamw(0.1), 0.1), G16, P16), ValueError,
+     "(16, 1)"),
     ("ham_grad_structure", _update(lambda: osp.ham(SGD, 0.1), STRUCT_G), ValueError,
      "structure"),
     ("hyperbolic_step_lr", lambda: osp.hyperbolic_step("0.1"), ValueError, "learning_rate"),
@@ -212,6 +220,8 @@ CASES = [
     ("nanoadam_int_params", _init(lambda: osp.nanoadam(0.1, 0.5), INT_P), TypeError, "params"),
     ("nanoadam_grad_shape", _update(lambda: osp.nanoadam(0.1, 0.5), SHAPE_G), ValueError,
      "shape"),
+    ("nanoadam_grad_16x1", _update(lambda: osp.nanoadam(0.1, 0.5), G16, P16), ValueError,
+     "(16, 1)"),
     ("sign_in_base", lambda: osp.sign_in("sgd", reset_every=10), TypeError, "base"),
     ("sign_in_reset", lambda: osp.sign_in(SGD, reset_every=0), ValueError, "reset_every"),
     ("sign_in_gamma", lambda: osp.sign_in(SGD, reset_every=10, gamma=0.0), ValueError, "gamma"),
@@ -244,3 +254,36 @@ def test_bad_input_raises_naming_the_argument(call, error, text):
 
 def test_battery_size():
   assert len(CASES) >= 80
+
+
+ZERO_SIZE = {"w": jnp.linspace(-1.0, 1.0, 32).reshape(4, 8), "e": jnp.zeros((0, 4))}
+ZERO_SIZE_TX = {
+    "sparse_rigl": lambda: osp.sparse(optax.adam(0.1), osp.rigl(every=1), 0.5),
+    "sparse_rigl_erk": lambda: osp.sparse(optax.adam(0.1), osp.rigl(every=1), 0.5,
+                                          distribution=osp.erk()),
+    "sparse_global_magnitude": lambda: osp.sparse(optax.adam(0.1), osp.global_magnitude(), 0.5),
+    "ham": lambda: osp.ham(optax.adamw(0.1), 0.1),
+    "nanoadam": lambda: osp.nanoadam(0.1, 0.5),
+    "sr_ste": lambda: osp.sr_ste(optax.adam(0.1), 1, 2, axis=-1),
+    "keep_mask_compact": lambda: osp.keep_mask(optax.adam(0.1), compact_state=True),
+}
+
+
+@pytest.mark.parametrize("name", ZERO_SIZE_TX)
+def test_zero_size_leaves_are_handled(name):
+  tx = ZERO_SIZE_TX[name]()
+  state = tx.init(ZERO_SIZE)
+  grads = {"w": jnp.full((4, 8), 0.1), "e": jnp.zeros((0, 4))}
+  updates, state = tx.update(grads, state, ZERO_SIZE)
+  assert updates["e"].shape == (0, 4)
+  for x in jax.tree.leaves((updates, state)):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      assert bool(jnp.all(jnp.isfinite(x)))
+  if name.startswith("sparse"):
+    assert int(jnp.sum(osp.get_masks(state)["w"])) == 16
+
+
+@pytest.mark.parametrize("distribution", [osp.erk(), osp.uniform()], ids=["erk", "uniform"])
+def test_zero_size_leaf_density_is_zero_not_nan(distribution):
+  densities = distribution.densities(ZERO_SIZE, 0.5)
+  assert float(densities["e"]) == 0.0 and 0.0 < float(densities["w"]) <= 1.0

@@ -190,3 +190,49 @@ def test_out_of_range_schedules_keep_exact_counts(value):
 def test_nan_sparsity_never_empties_a_mask():
   import optax_sparse as osp
   assert int(osp.count_for_density(50, jnp.float32(float("nan")))) == 1
+
+
+@pytest.mark.parametrize("value,expected", [(2.0, 16), (-1.0, 1), (0.0, 1), (float("nan"), 8)],
+                         ids=["2", "-1", "0", "nan"])
+def test_nanoadam_density_schedule_out_of_range(value, expected):
+  # k = clip(round(rho * n), 1, k_max) with k_max from max_density (0.5 of 32 entries = 16);
+  # a NaN density keeps the current k (0.25 of 32 = 8 from step 0).
+  import optax_sparse as osp
+  params, grads = _problem()
+  density = lambda t: jnp.where(t == 0, 0.25, value).astype(jnp.float32)  # noqa: E731
+  tx = osp.nanoadam(0.01, density, refresh_every=1, max_density=0.5)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(3):
+    u, state = step(grads, state, params)
+    params = optax.apply_updates(params, u)
+  assert int(state.moments["w"].valid) == expected
+  assert int(jnp.sum(u["w"] != 0)) == expected
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in _float_leaves(state))
+
+
+def test_zero_nans_chain_with_inf_keeps_rigl_finite_and_exact():
+  # optax.zero_nans() replaces NaNs only: an Inf reaches sparse(adamw, rigl), which skips the
+  # leaf (zero update, Adam moments kept, masks and their counts unchanged, skip counted).
+  import optax_sparse as osp
+  params = {"w": jnp.linspace(-1.0, 1.0, 16 * 64).reshape(16, 64), "b": jnp.zeros((64,))}
+  grads = {"w": jnp.linspace(1.0, -0.5, 16 * 64).reshape(16, 64) + 0.01,
+           "b": jnp.full((64,), 0.1)}
+  tx = optax.chain(optax.zero_nans(),
+                   osp.sparse(optax.adamw(0.01), osp.rigl(every=1), 0.9))
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  counts = _mask_counts(state)
+  for t in range(4):
+    g = dict(grads, w=grads["w"].at[0, 0].set(jnp.inf)) if t == 1 else grads
+    u, new_state = step(g, state, params)
+    if t == 1:
+      np.testing.assert_array_equal(u["w"], jnp.zeros_like(u["w"]))
+      for x, old in zip(jax.tree.leaves(optax.tree.get(new_state, "mu")["w"]),
+                        jax.tree.leaves(optax.tree.get(state, "mu")["w"]), strict=True):
+        np.testing.assert_array_equal(x, old)
+    state = new_state
+    params = optax.apply_updates(params, u)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in _float_leaves((params, state)))
+    assert _mask_counts(state) == counts
+  assert _skips(state)[0] == 1

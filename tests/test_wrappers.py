@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -123,3 +124,61 @@ def test_get_masks_under_multi_transform_is_none_for_other_leaves():
       LABELS)
   params, state = _run(tx)
   _check_masks(state, params)
+
+
+POTENTIALS = {
+    "quadratic": osp.potentials.quadratic(),
+    "entropy": osp.potentials.entropy(),
+    "hyperbolic_entropy": osp.potentials.hyperbolic_entropy(0.1),
+    "ham_log": osp.potentials.ham_log(5.0),
+    "power": osp.potentials.power(0.5),
+}
+INJECTED = {
+    **{f"mirror_{k}": (osp.mirror_descent, {"learning_rate": 0.01, "potential": v},
+                       ("potential",)) for k, v in POTENTIALS.items()},
+    **{f"steepest_q{q}": (osp.steepest_descent, {"learning_rate": 0.01, "q": q}, ("q",))
+       for q in (1.0, 1.5, 2.0)},
+    "nanoadam_max_density": (osp.nanoadam, {"learning_rate": 0.01, "density": 0.25,
+                                            "max_density": 0.5, "refresh_every": 1},
+                             ("max_density", "refresh_every")),
+}
+
+
+@pytest.mark.parametrize("name", INJECTED)
+def test_inject_hyperparams_with_jitted_init_matches_plain(name):
+  # The contrib suite's protocol: init and update jitted, structural arguments static.
+  factory, kwargs, static = INJECTED[name]
+  tx = factory(**kwargs)
+  tx_inject = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
+  params = {"kernel": PARAMS["kernel"] + 1.5, "bias": PARAMS["bias"]}  # entropy: positive
+  state, state_inject = jax.jit(tx.init)(params), jax.jit(tx_inject.init)(params)
+  for _ in range(2):
+    u, state = jax.jit(tx.update)(GRADS, state, params)
+    u_inject, state_inject = jax.jit(tx_inject.update)(GRADS, state_inject, params)
+    for a, b in zip(jax.tree.leaves(u_inject), jax.tree.leaves(u), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(state_inject.inner_state), jax.tree.leaves(state),
+                    strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u))
+    params = optax.apply_updates(params, u)
+
+
+def test_nanoadam_init_under_jit_with_float_density():
+  tx = osp.nanoadam(0.01, 0.5)
+  state = jax.jit(tx.init)(PARAMS)
+  eager = tx.init(PARAMS)
+  assert jax.tree.map(jnp.shape, state) == jax.tree.map(jnp.shape, eager)
+  # k_max = 0.5 of the 32 kernel entries; the bias is updated densely.
+  assert state.moments["kernel"].indices.shape == (16,)
+  u, _ = jax.jit(tx.update)(GRADS, state, PARAMS)
+  assert int(jnp.sum(u["kernel"] != 0)) == 16
+
+
+def test_nanoadam_traced_density_at_init_names_max_density():
+  # Documented limit (docs/nonfinite.md, "Wrappers"): a density injected as a traced value
+  # cannot size the compressed state; the error says what to do.
+  tx = optax.inject_hyperparams(osp.nanoadam, static_args=("refresh_every",))(
+      learning_rate=0.01, density=0.5, refresh_every=1)
+  with pytest.raises(ValueError, match="max_density"):
+    jax.jit(tx.init)(PARAMS)
