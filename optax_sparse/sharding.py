@@ -127,12 +127,18 @@ class Collective(NamedTuple):
     nbytes: the bytes of its result on one device (a tuple result: the sum of its parts).
     shapes: the result shapes as HLO writes them, e.g. ``("f32[512,64]",)``.
     line: the HLO instruction.
+    branch_depth: how many ``conditional`` branches with a data-dependent branch index enclose
+      the instruction: 0 when it runs on every execution of the program; 1 inside, e.g., the
+      mask-update branch of ``sparse()`` (it runs on mask-update steps only); 2 inside a branch
+      within that branch (the tie cut of a selection, which runs only when tied scores straddle
+      the threshold).
   """
 
   kind: str
   nbytes: int
   shapes: tuple[str, ...]
   line: str
+  branch_depth: int = 0
 
 
 _KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -140,18 +146,82 @@ _OP = re.compile(r"=\s*(.*?)\s+(" + "|".join(_KINDS) + r")(?:-start)?\(")
 _SHAPE = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
           "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
+_CALLS = re.compile(r"\b(?:to_apply|calls|condition)=%?([\w.\-]+)")
+_BODY = re.compile(r"\bbody=%?([\w.\-]+)")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TRUE_FALSE = re.compile(r"\b(true|false)_computation=%?([\w.\-]+)")
+_COND_OPERAND = re.compile(r"\sconditional\(%?([\w.\-]+)")
+_CONSTANT = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*(?:pred|s32|u32|s64)\[\]\S*\s+constant\((\w+)\)")
+
+
+def _collective(line: str, depth: int) -> Collective | None:
+  match = _OP.search(line)
+  if match is None:
+    return None
+  shapes, nbytes = [], 0
+  for dtype, dims in _SHAPE.findall(match.group(1)):
+    if dtype not in _BYTES:
+      continue
+    size = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+    shapes.append(f"{dtype}[{dims}]")
+    nbytes += size * _BYTES[dtype]
+  return Collective(match.group(2), int(nbytes), tuple(shapes), line.strip(), depth)
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+  comps: dict[str, list[str]] = {}
+  entry = None
+  current = None
+  for line in hlo_text.splitlines():
+    if current is None:
+      match = _HEADER.match(line)
+      if match is not None:
+        current = match.group(2)
+        comps[current] = []
+        if match.group(1):
+          entry = current
+      continue
+    if line.strip() == "}":
+      current = None
+      continue
+    comps[current].append(line)
+  return comps, entry
+
+
+def _taken_branch(line: str, constants: dict[str, str]) -> str | None:
+  """The branch a conditional takes when its index is a constant of its computation."""
+  operand = _COND_OPERAND.search(line)
+  value = constants.get(operand.group(1)) if operand else None
+  if value is None:
+    return None
+  branches = _BRANCHES.search(line)
+  if branches is not None:
+    names = [b.strip().lstrip("%") for b in branches.group(1).split(",") if b.strip()]
+    index = 1 if value == "true" else 0 if value == "false" else int(value)
+    return names[index] if 0 <= index < len(names) else names[-1]
+  pair = dict(_TRUE_FALSE.findall(line))
+  return pair.get("true" if value in ("true", "1") else "false")
 
 
 def collectives(hlo_text: str) -> list[Collective]:
   """The collective operations in compiled HLO text, with the bytes of each result.
 
-  Asynchronous pairs (``all-gather-start`` / ``-done``) are counted once, at their start.
+  The program is walked from its ``ENTRY`` computation through the computations it calls, so
+  a collective is listed once per call site, and once per iteration in the body of a ``while``
+  loop with a known trip count (once when the count is unknown). A ``conditional`` whose
+  branch index is a compile-time constant (a step compiled with a fixed count, for instance)
+  contributes only the branch it takes; the collectives in the branches of any other
+  ``conditional`` are listed with their ``branch_depth`` (the nesting of such branches) raised
+  by one. Asynchronous pairs (``all-gather-start`` / ``-done``) are counted once, at their
+  start. Text without an ``ENTRY`` computation (a fragment) is read line by line.
 
   Args:
     hlo_text: ``jax.jit(f).lower(*args).compile().as_text()``.
 
   Returns:
-    A list of :class:`Collective`, in the order of the text.
+    A list of :class:`Collective`, in program order.
 
   Examples:
     >>> import optax_sparse as osp
@@ -159,17 +229,42 @@ def collectives(hlo_text: str) -> list[Collective]:
     >>> [(c.kind, c.nbytes) for c in osp.collectives(line)]
     [('all-gather', 128)]
   """
-  out = []
-  for line in hlo_text.splitlines():
-    match = _OP.search(line)
-    if match is None:
-      continue
-    shapes, nbytes = [], 0
-    for dtype, dims in _SHAPE.findall(match.group(1)):
-      if dtype not in _BYTES:
-        continue
-      size = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
-      shapes.append(f"{dtype}[{dims}]")
-      nbytes += size * _BYTES[dtype]
-    out.append(Collective(match.group(2), int(nbytes), tuple(shapes), line.strip()))
+  comps, entry = _computations(hlo_text)
+  if entry is None:
+    found = (_collective(line, 0) for line in hlo_text.splitlines())
+    return [c for c in found if c is not None]
+  out: list[Collective] = []
+
+  def visit(name: str, branch_depth: int, depth: int) -> None:
+    lines = comps.get(name)
+    if lines is None or depth > 64:
+      return
+    constants = {}
+    for line in lines:
+      match = _CONSTANT.match(line)
+      if match is not None:
+        constants[match.group(1)] = match.group(2)
+    for line in lines:
+      found = _collective(line, branch_depth)
+      if found is not None:
+        out.append(found)
+      if " conditional(" in line:
+        taken = _taken_branch(line, constants)
+        if taken is not None:
+          visit(taken, branch_depth, depth + 1)
+        else:
+          branches = _BRANCHES.search(line)
+          names = ([b.strip().lstrip("%") for b in branches.group(1).split(",") if b.strip()]
+                   if branches else [n for _, n in _TRUE_FALSE.findall(line)])
+          for branch in names:
+            visit(branch, branch_depth + 1, depth + 1)
+      for callee in _CALLS.findall(line):
+        visit(callee, branch_depth, depth + 1)
+      body = _BODY.search(line)
+      if body is not None:
+        trips = _TRIPS.search(line)
+        for _ in range(min(int(trips.group(1)), 4096) if trips else 1):
+          visit(body.group(1), branch_depth, depth + 1)
+
+  visit(entry, 0, 0)
   return out

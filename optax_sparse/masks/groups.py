@@ -417,21 +417,77 @@ def unit_counts(grouping: Grouping, shape: tuple[int, ...], density: Any) -> jax
   return select.count_for_density(k if grouping.within else g, density)
 
 
+# Rows of at most this many units are ranked by pairwise comparison (``O(N·K)``, local to each
+# row); longer rows by the bit-by-bit threshold search of ``_row_top_k``.
+_ROW_PAIRWISE = 16
+
+
+def _row_count(x: jax.Array) -> jax.Array:
+  return jnp.sum(x, axis=1, keepdims=True, dtype=jnp.int32)
+
+
 def _row_top_k(scores: jax.Array, k: jax.Array) -> jax.Array:
-  """Per-row mask of the ``k[r]`` largest scores (ties by lower index, NaN lowest)."""
+  """Per-row mask of the ``k[r]`` largest scores (ties by lower index, NaN lowest).
+
+  Equal to keeping the first ``k[r]`` entries of a stable descending argsort of each row, but
+  built from row reductions only, in the array's own ``(rows, cols)`` layout: nothing is sorted,
+  flattened or gathered, so on a mesh each pass is a local comparison and row sum plus (when
+  the member axis is sharded) an all-reduce of one count per row.
+
+  * ``cols <= _ROW_PAIRWISE``: rank by pairwise comparison inside each row.
+  * otherwise: the threshold ``T_r`` (the ``k[r]``-th largest key of row r, on the
+    order-preserving uint32 keys of ``select``) is built bit by bit from the top: 32 passes, each
+    one count per row of ``key >= candidate``. Entries with ``key > T_r`` are kept; when a row's
+    ties at ``T_r`` are not all needed (``r = k - #{key > T_r} < #{key = T_r}``), the first
+    ``r`` ties by index are kept, found by the same bit-by-bit search over the index bound
+    (``ceil(log2(cols + 1))`` passes, only when some row needs it).
+  """
   rows, cols = scores.shape
-  key = select.score_keys(scores).reshape(rows, cols)
-  order = jnp.argsort(~key, axis=1, stable=True)  # descending key, lower index first.
-  rank = jnp.zeros((rows, cols), jnp.int32).at[jnp.arange(rows)[:, None], order].set(
-      jnp.broadcast_to(jnp.arange(cols, dtype=jnp.int32), (rows, cols)))
-  return rank < jnp.reshape(k, (-1, 1))
+  key = select._keys(scores)  # noqa: SLF001 - the shared key map of the selections.
+  k = jnp.clip(jnp.reshape(k, (rows, 1)), 0, cols).astype(jnp.int32)
+  index = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
+  if cols <= _ROW_PAIRWISE:
+    a, b = key[:, None, :], key[:, :, None]  # [r, i, j]: entry j against entry i.
+    above = (a > b) | ((a == b) & (index[:, None, :] < index[:, :, None]))
+    rank = jnp.sum(above, axis=-1, dtype=jnp.int32)
+    return rank < k
+  def threshold_bit(i, t):
+    cand = t | jnp.left_shift(jnp.uint32(1), (31 - i).astype(jnp.uint32))
+    return jnp.where(_row_count(key >= cand) >= k, cand, t)
+
+  # A loop, not 32 unrolled passes: its body compiles once.
+  t = jax.lax.fori_loop(0, 32, threshold_bit, jnp.zeros((rows, 1), jnp.uint32))
+  n_gt = _row_count(key > t)
+  n_eq = _row_count(key == t)
+  r = k - n_gt
+
+  def all_ties() -> jax.Array:
+    # r >= n_eq means #{key >= t} = k exactly (t is the largest with #{key >= t} >= k).
+    return (key >= t) & (k > 0)
+
+  def cut_ties() -> jax.Array:
+    tie = key == t
+    bits = int(cols).bit_length()
+
+    # The largest bound c with #{tie, index < c} <= r; the count rises by one per tie, so it
+    # reaches exactly r (every tie when r >= n_eq).
+    def bound_bit(i, bound):
+      cand = bound | jnp.left_shift(jnp.int32(1), bits - 1 - i)
+      return jnp.where(_row_count(tie & (index < cand)) <= r, cand, bound)
+
+    bound = jax.lax.fori_loop(0, bits, bound_bit, jnp.zeros((rows, 1), jnp.int32))
+    return ((key > t) | (tie & (index < bound))) & (k > 0)
+
+  return jax.lax.cond(jnp.any(r < n_eq), cut_ties, all_ties)
 
 
 def select_units(unit_scores: jax.Array, k: Any) -> jax.Array:
   """The ``k`` largest units of every row (``k`` a scalar or one count per row), exact counts.
 
   A single row (whole groups, unstructured) goes through ``select.select_top_k`` (radix search,
-  traced ``k``); several rows (within groups) are ranked inside each row.
+  traced ``k``); several rows (within groups) are ranked inside each row by row reductions
+  (``_row_top_k``: pairwise comparison for rows of at most 16 units, otherwise a bit-by-bit
+  threshold search), never by sorting, so no row is gathered on a mesh.
   """
   rows = unit_scores.shape[0]
   if rows == 1:

@@ -337,7 +337,11 @@ def nonzero_indices(mask: jnp.ndarray, size: int, fill_value: int) -> jnp.ndarra
     >>> select.nonzero_indices(jnp.array([[False, True], [True, True]]), 4, -1).tolist()
     [1, 2, 3, -1]
   """
+  if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
+    raise ValueError(f"size must be an integer >= 0; got {size!r}.")
   mask = jnp.asarray(mask, bool)
+  if size == 0:
+    return jnp.zeros((0,), jnp.int32)
   rank = _flat_rank(mask)
   slot = jnp.where(mask, rank, size)
   value = jnp.where(mask, _flat_index(mask.shape).astype(jnp.int32) + 1, 0)
