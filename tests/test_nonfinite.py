@@ -236,3 +236,26 @@ def test_zero_nans_chain_with_inf_keeps_rigl_finite_and_exact():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in _float_leaves((params, state)))
     assert _mask_counts(state) == counts
   assert _skips(state)[0] == 1
+
+
+@pytest.mark.parametrize("rule", ["one_shot_magnitude", "global_magnitude", "gmp_last_event"])
+def test_mask_update_on_a_skipped_step_is_postponed_not_lost(rule):
+  # A one-shot pruning step (or GMP's last event) that meets a NaN gradient happens on the next
+  # finite step, whole: the run ends at the requested count instead of staying dense.
+  import optax_sparse as osp
+  rules = {"one_shot_magnitude": osp.one_shot_magnitude(at_step=2),
+           "global_magnitude": osp.global_magnitude(at_step=2),
+           "gmp_last_event": osp.gradual_magnitude(begin_step=0, end_step=2, frequency=1)}
+  tx = osp.sparse(optax.sgd(0.01), rules[rule], 0.5)
+  params, grads = _problem()
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  totals = []
+  for t in range(5):
+    g = dict(grads, w=grads["w"].at[0, 0].set(jnp.nan)) if t in (2, 3) else grads
+    u, state = step(g, state, params)
+    params = optax.apply_updates(params, u)
+    totals.append(int(jnp.sum(osp.get_masks(state)["w"])))
+  assert totals[2] == totals[3] == totals[1]  # nothing changes on the skipped steps
+  assert totals[4] == 16 and bool(jnp.all(params["w"][~osp.get_masks(state)["w"]] == 0))
+  assert not bool(state.mask_update_pending) and _skips(state)[0] == 2

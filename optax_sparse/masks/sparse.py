@@ -83,6 +83,8 @@ class SparseState(NamedTuple):
     inner_state: the inner transformation's state.
     skipped_leaves: int32 number of (leaf, step) pairs skipped under the non-finite policy
       (``docs/nonfinite.md``).
+    mask_update_pending: bool scalar: a scheduled mask update was postponed (a skipped leaf or
+      a NaN sparsity on its step); it happens on the next step without one.
   """
 
   count: jax.Array
@@ -91,6 +93,7 @@ class SparseState(NamedTuple):
   rule_state: Any
   inner_state: optax.OptState
   skipped_leaves: jax.Array
+  mask_update_pending: jax.Array
 
 
 def _is_none(x: Any) -> bool:
@@ -423,7 +426,8 @@ def sparse(
       masks = initial_masks_jit(params, key)
     return SparseState(
         count=count, masks=masks, key=key, rule_state=rule.init_state(params),
-        inner_state=inner_state, skipped_leaves=jnp.zeros([], jnp.int32))
+        inner_state=inner_state, skipped_leaves=jnp.zeros([], jnp.int32),
+        mask_update_pending=jnp.zeros([], bool))
 
   def update_fn(grads, state, params=None, **extra_args):
     if params is None:
@@ -431,14 +435,17 @@ def sparse(
     _validation.check_grads(grads, params)
     raw_grads, raw_params = grads, params
     # Non-finite policy (docs/nonfinite.md): a leaf with a NaN/Inf gradient or parameter is
-    # skipped; on a step with a skipped leaf, or a NaN sparsity, the masks do not change.
+    # skipped; on a step with a skipped leaf, or a NaN sparsity, the masks do not change and
+    # a scheduled mask update is postponed to the next step without one (never lost).
     ok = _nonfinite.ok_tree(raw_grads, raw_params)
     grads, params = _validation.to_none(grads), _validation.to_none(params)
     eligible = _eligibility.eligible_tree(where, params)
     masks, count = state.masks, state.count
-    is_mask_step = rule.is_update_step(count) & _nonfinite.all_ok(ok)
+    scheduled = rule.is_update_step(count) | state.mask_update_pending
+    can_update = _nonfinite.all_ok(ok)
     if sparsity is not None:
-      is_mask_step = is_mask_step & _safe_sparsity(_hyperparams.evaluate(sparsity, count))[1]
+      can_update = can_update & _safe_sparsity(_hyperparams.evaluate(sparsity, count))[1]
+    is_mask_step = scheduled & can_update
 
     def change(rule_state):
       # Only the masks (and the rule's small state) leave the conditional; the parameters and
@@ -494,6 +501,7 @@ def sparse(
     return updates, SparseState(
         count=optax.safe_increment(count), masks=new_masks, key=state.key,
         rule_state=rule_state, inner_state=new_inner_state,
-        skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok))
+        skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok),
+        mask_update_pending=scheduled & ~can_update)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
