@@ -24,8 +24,27 @@ def test_every_example_is_tested():
   # checkpointing.py runs in tests/test_checkpoint.py, which also uses its helpers.
   tested = {"quickstart", "flax_nnx", "flax_linen_trainstate", "nanoadam_finetune",
             "char_transformer", "nm_2_4", "checkpointing", "prune_char_transformer",
-            "export_and_finetune"}
+            "export_and_finetune", "sharded_training"}
   assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_sharded_training_on_8_simulated_devices():
+  # Its own process: the example sets XLA_FLAGS (8 CPU devices) before JAX is imported.
+  import os
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, str(EXAMPLES / "sharded_training.py"), "--fast"],
+                       capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  text = out.stdout
+  assert float(text.split("test accuracy ")[1].split()[0]) > 0.3  # chance is 0.1
+  assert abs(float(text.split("; overall ")[1].split()[0]) - 0.1) < 0.01
+  assert "masks sharded like their parameters: True" in text
+  assert "all-gathers: 0 " in text
+  mask_update = text.split("mask update: ")[1].splitlines()[0]
+  assert int(mask_update.split("all-reduce ")[1].split()[0].replace(",", "")) > 0
 
 
 def test_quickstart(capsys):
