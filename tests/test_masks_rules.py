@@ -230,9 +230,10 @@ def test_rigl_tie_break_noise_is_small_and_keyed():
   ones = {"w": jnp.ones((4, 4), bool).at[:, 2:].set(False)}
   zero_g = {"w": jnp.zeros((4, 4))}
   outs = [_update(rule, ones, flat, zero_g, 1, 0.5, jax.random.PRNGKey(s))["w"]
-          for s in (1, 1, 2)]
+          for s in (1, 1, 2, 3)]
   np.testing.assert_array_equal(outs[0], outs[1])
-  assert bool(jnp.any(outs[0] != outs[2]))
+  # Regrowth by index refills some dropped entries, so two keys can give one mask by chance.
+  assert any(bool(jnp.any(outs[0] != o)) for o in outs[2:])
 
 
 def test_rigl_cosine_drop_fraction_and_end_step():

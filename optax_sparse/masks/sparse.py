@@ -43,17 +43,20 @@ Library decisions:
   sees a zero gradient from a zeroed state at every entry whose mask changes (grown or newly
   pruned), so their per-parameter state stays zero for the statistics of momentum / Adam / Lion-type
   optimizers (a zero gradient from a zero state), and their first nonzero gradient enters on the
-  next step, as in the official code. The official skip is ``skip_update_on_mask_step=True``. The
-  default is the faster plain step on CPU: keeping the old inner state means selecting it by the
-  traced predicate after the inner update, which breaks XLA's fused pass over the moments (about
-  1.5x slower per plain step on 12.6M parameters, ``docs/benchmarks/masks.md``), whereas the reset
-  before the update and the zeroed gradient fuse into it.
+  next step, as in the official code. The official skip is ``skip_update_on_mask_step=True``
+  (its old inner state is kept by the same in-place select as the non-finite guard, so its plain
+  step costs the same).
+* The non-finite guard's select of the old state happens where the inner transformation writes
+  each state leaf (``optax_sparse._select_in_place``): the moments of a donated state are
+  updated in place, as by optax itself, instead of being copied first
+  (``docs/benchmarks/masks.md``, Root cause).
 * Zeroing the inner state where a mask changes covers both directions: grown entries restart
   with zero moments (RigL zeroes the optimizer slots), and newly masked entries lose theirs
   (AC/DC, :doc:`/methods/acdc`). For dropped entries of RigL/SET this is harmless: they would be
   reset when regrown anyway.
-* Masks are bool arrays (one byte per entry); they stay in the state, so a checkpoint of the
-  optimizer state carries them.
+* Masks are bool arrays (one byte per entry), or bits with ``packed_masks=True``
+  (``optax_sparse.masks.sparse.PackedMask``, one bit per entry); they stay in the state, so a
+  checkpoint of the optimizer state carries them.
 * Non-finite gradients or parameters never change the number of active entries: their scores
   rank lowest (see ``rules``).
 """
@@ -66,10 +69,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation
+from optax_sparse import _eligibility, _hyperparams, _nonfinite, _select_in_place, _validation
 from optax_sparse.masks import rules as rules_lib
 
-__all__ = ["SparseState", "get_masks", "sparse"]
+__all__ = ["PackedMask", "SparseState", "get_masks", "sparse"]
 
 
 class SparseState(NamedTuple):
@@ -77,7 +80,9 @@ class SparseState(NamedTuple):
 
   Attributes:
     count: int32 number of updates so far (the step t of the next update).
-    masks: a pytree like the parameters: a bool array per eligible leaf, ``None`` per dense leaf.
+    masks: a pytree like the parameters: a bool array per eligible leaf (a
+      ``optax_sparse.masks.sparse.PackedMask`` with ``packed_masks=True``), ``None`` per dense
+      leaf.
     key: the PRNG key (uint32[2]) of the rule; step t uses ``fold_in(key, t)``.
     rule_state: the rule's own state (``optax.EmptyState()`` for the built-in rules).
     inner_state: the inner transformation's state.
@@ -100,6 +105,79 @@ def _is_none(x: Any) -> bool:
   return x is None
 
 
+_BITS = 8
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class PackedMask:
+  """A bool mask stored as bits (``sparse(..., packed_masks=True)``): 8 entries per byte.
+
+  ``bits`` is a uint8 array of shape ``shape[:-1] + (ceil(shape[-1] / 8),)``: entry ``j`` of the
+  last axis is bit ``j % 8`` (least significant first) of byte ``j // 8``; the leading axes are
+  those of the mask, so a packed mask shards like its parameter along them. A 0-d mask is stored
+  as one byte. ``shape`` (the mask's shape) is static pytree data, so a packed mask saves and
+  restores with any pytree checkpointer. ``unpack()`` returns the bool mask.
+
+  Attributes:
+    bits: the uint8 bits.
+    shape: the shape of the bool mask.
+  """
+
+  def __init__(self, bits: Any, shape: tuple[int, ...]):
+    self.bits = bits
+    self.shape = tuple(int(s) for s in shape)
+
+  def tree_flatten_with_keys(self):
+    return ((jax.tree_util.GetAttrKey("bits"), self.bits),), self.shape
+
+  @classmethod
+  def tree_unflatten(cls, shape, children):
+    return cls(children[0], shape)
+
+  def __repr__(self) -> str:
+    return f"PackedMask(shape={self.shape}, bits={self.bits!r})"
+
+  @classmethod
+  def pack(cls, mask: Any) -> PackedMask:
+    """Packs a bool mask (any shape) along its last axis."""
+    m = jnp.asarray(mask, bool)
+    shape = m.shape
+    if m.ndim == 0:
+      m = m.reshape(1)
+    n = m.shape[-1]
+    nb = -(-n // _BITS)
+    if nb * _BITS != n:
+      m = jnp.pad(m, [(0, 0)] * (m.ndim - 1) + [(0, nb * _BITS - n)])
+    m = m.reshape(m.shape[:-1] + (nb, _BITS)).astype(jnp.uint8)
+    weights = jnp.left_shift(jnp.uint8(1), jnp.arange(_BITS, dtype=jnp.uint8))
+    return cls(jnp.sum(m * weights, axis=-1, dtype=jnp.uint8), shape)
+
+  def unpack(self) -> jax.Array:
+    """The bool mask."""
+    bits = jnp.asarray(self.bits)
+    shifts = jnp.arange(_BITS, dtype=jnp.uint8)
+    m = jnp.right_shift(bits[..., None], shifts) & jnp.uint8(1)
+    m = m.reshape(bits.shape[:-1] + (bits.shape[-1] * _BITS,))
+    n = self.shape[-1] if self.shape else 1
+    if m.shape[-1] != n:
+      m = m[..., :n]
+    return m.astype(bool).reshape(self.shape)
+
+
+def _is_mask_leaf(x: Any) -> bool:
+  return x is None or isinstance(x, PackedMask)
+
+
+def _unpack_tree(masks: Any) -> Any:
+  return jax.tree.map(lambda x: x.unpack() if isinstance(x, PackedMask) else x, masks,
+                      is_leaf=_is_mask_leaf)
+
+
+def _pack_tree(masks: Any) -> Any:
+  return jax.tree.map(lambda x: None if x is None else PackedMask.pack(x), masks,
+                      is_leaf=_is_none)
+
+
 def get_masks(state: optax.OptState) -> Any:
   """The masks of the :func:`sparse` state inside any wrapper (chain, MultiSteps, ...).
 
@@ -108,7 +186,8 @@ def get_masks(state: optax.OptState) -> Any:
       with a single field named ``masks``).
 
   Returns:
-    The masks, a bool array per eligible leaf and ``None`` per dense leaf.
+    The masks, a bool array per eligible leaf and ``None`` per dense leaf (bit-packed masks,
+    ``sparse(..., packed_masks=True)``, are unpacked).
 
   Raises:
     ValueError: when no ``masks`` field is found.
@@ -125,7 +204,7 @@ def get_masks(state: optax.OptState) -> Any:
   masks = optax.tree.get(state, "masks", sentinel)
   if masks is sentinel:
     raise ValueError("get_masks: no field named 'masks' in the optimizer state.")
-  return masks
+  return _unpack_tree(masks)
 
 
 def _check_masks(masks: Any, params: Any, eligible: Any) -> Any:
@@ -281,6 +360,7 @@ def sparse(
     seed: int = 0,
     skip_update_on_mask_step: bool = False,
     backend: str = "auto",
+    packed_masks: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Sparse training: masks in the state, projection after ``inner``, rule-driven mask updates.
 
@@ -320,6 +400,13 @@ def sparse(
       where(M, θ + u, 0) − θ instead, whose update differs from u in the last bit for about half
       of the entries, and after a few Adam steps the parameters differed by one ulp in 3 of 64
       entries, so it is not used here.
+    packed_masks: keep the masks in the state as bits
+      (``optax_sparse.masks.sparse.PackedMask``: uint8, 8 entries per byte along the last axis,
+      leading axes unchanged), 8x less mask memory than the default bool arrays (one byte per
+      entry). The masks, the trajectory and every count
+      are identical; :func:`get_masks`, :func:`~optax_sparse.sparsity_report` and the exporters
+      see the unpacked bool masks. A step unpacks the bits in its fused passes and packs them
+      again after a mask update (the cost is in ``docs/benchmarks/masks.md``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`SparseState`.
@@ -359,7 +446,8 @@ def sparse(
         f"distribution must be a LayerDistribution (osp.uniform(), osp.er(), osp.erk()) or "
         f"None; got {distribution!r}.")
   for flag_name, flag in (("sparse_gradients", sparse_gradients),
-                          ("skip_update_on_mask_step", skip_update_on_mask_step)):
+                          ("skip_update_on_mask_step", skip_update_on_mask_step),
+                          ("packed_masks", packed_masks)):
     if not isinstance(flag, bool):
       raise _validation.ArgumentTypeError(f"{flag_name} must be a bool; got {flag!r}.")
   if rule.scope == "pattern":
@@ -424,6 +512,8 @@ def sparse(
         _check_initial_counts(masks, initial_masks_jit(params, key), rule.scope, sparsity)
     else:
       masks = initial_masks_jit(params, key)
+    if packed_masks:
+      masks = _pack_tree(masks)
     return SparseState(
         count=count, masks=masks, key=key, rule_state=rule.init_state(params),
         inner_state=inner_state, skipped_leaves=jnp.zeros([], jnp.int32),
@@ -440,7 +530,8 @@ def sparse(
     ok = _nonfinite.ok_tree(raw_grads, raw_params)
     grads, params = _validation.to_none(grads), _validation.to_none(params)
     eligible = _eligibility.eligible_tree(where, params)
-    masks, count = state.masks, state.count
+    stored_masks, count = state.masks, state.count
+    masks = _unpack_tree(stored_masks) if packed_masks else stored_masks
     scheduled = rule.is_update_step(count) | state.mask_update_pending
     can_update = _nonfinite.all_ok(ok)
     if sparsity is not None:
@@ -451,17 +542,21 @@ def sparse(
       # Only the masks (and the rule's small state) leave the conditional; the parameters and
       # the gradient are only read inside it.
       key_t = jax.random.fold_in(state.key, count)
+      # Packed masks are unpacked here too, so that only the bits enter the conditional (the
+      # unpacking outside fuses into the passes that read the masks).
+      old = _unpack_tree(stored_masks) if packed_masks else stored_masks
       new_masks, rule_state = rule.update_masks(
-          masks, params, grads, count, key_t, target_at(params, eligible, count), rule_state)
+          old, params, grads, count, key_t, target_at(params, eligible, count), rule_state)
       new_masks = jax.tree.map(
-          lambda m, n: None if m is None else jnp.asarray(n, bool), masks, new_masks,
+          lambda m, n: None if m is None else jnp.asarray(n, bool), old, new_masks,
           is_leaf=_is_none)
-      return new_masks, rule_state
+      return (_pack_tree(new_masks) if packed_masks else new_masks), rule_state
 
     def keep(rule_state):
-      return masks, rule_state
+      return stored_masks, rule_state
 
-    new_masks, rule_state = jax.lax.cond(is_mask_step, change, keep, state.rule_state)
+    new_stored, rule_state = jax.lax.cond(is_mask_step, change, keep, state.rule_state)
+    new_masks = _unpack_tree(new_stored) if packed_masks else new_stored
     changed = jax.tree.map(
         lambda m, n: None if m is None else m != n, masks, new_masks, is_leaf=_is_none)
     # The reset is applied to the state *before* the inner update (all False on plain steps), so
@@ -480,15 +575,22 @@ def sparse(
 
     inner_grads = jax.tree.map(inner_grad, masks, new_masks, raw_grads, is_leaf=_is_none)
     extra_args.pop("masks", None)
-    updates, new_inner_state = _nonfinite.guard(
-        inner, inner_grads, inner_state, raw_params, ok, masks=new_masks, **extra_args)
+    guard_ok = ok
     if skip_update_on_mask_step:
       # The official RigL / SET step: no optimizer step on a mask-update iteration (only the
-      # projection onto the new masks); the inner state is kept, with the reset applied.
-      updates = jax.tree.map(
-          lambda u: jnp.where(is_mask_step, jnp.zeros_like(u), u), updates)
+      # projection onto the new masks); the inner state is kept, with the reset applied. The
+      # guard does it for the update and the per-parameter state (every leaf skipped on that
+      # step, its select where the state is written); the other state leaves are kept here.
+      guard_ok = jax.tree.map(lambda k: k & ~is_mask_step, ok)
+    # The non-finite guard (docs/nonfinite.md), with its state select at the equation that
+    # writes each state leaf, so that donated moments are updated in place (_select_in_place).
+    updates, new_inner_state = _select_in_place.guard(
+        inner, inner_grads, inner_state, raw_params, guard_ok, masks=new_masks, **extra_args)
+    if skip_update_on_mask_step:
+      flags = _nonfinite._state_flags(inner, inner_state, ok, raw_params)  # noqa: SLF001
       new_inner_state = jax.tree.map(
-          lambda old, new: jnp.where(is_mask_step, old, new), inner_state, new_inner_state)
+          lambda f, old, new: jnp.where(is_mask_step, old, new) if f is True else new,
+          flags, inner_state, new_inner_state)
     ok_n = _validation.to_none(ok)
     updates = jax.tree.map(
         lambda m, n, u, p, k: u if m is None
@@ -499,7 +601,7 @@ def sparse(
           rule, inner, is_mask_step, rule_state, count, new_masks, updates, params, raw_params,
           new_inner_state)
     return updates, SparseState(
-        count=optax.safe_increment(count), masks=new_masks, key=state.key,
+        count=optax.safe_increment(count), masks=new_stored, key=state.key,
         rule_state=rule_state, inner_state=new_inner_state,
         skipped_leaves=state.skipped_leaves + _nonfinite.n_skipped(ok),
         mask_update_pending=scheduled & ~can_update)

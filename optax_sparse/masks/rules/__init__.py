@@ -35,7 +35,8 @@ Rules and their papers (one page each under :doc:`/methods/index`):
   active weights with the smallest |θ|, regrow as many uniformly at random among the inactive.
 * :func:`rigl` (Evci et al., arXiv 1911.11134): every ΔT steps while t ≤ T_end, per leaf
   k = ⌊f(t)·n_active⌋ (n_active = (1 − s_l)n_l), f(t) = (ζ/2)(1 + cos(πt/T_end)); drop the k
-  active weights with the smallest |θ| (+ N(0, 10⁻⁵) tie-break noise, as the official code), grow
+  active weights with the smallest |θ| (+ tie-break noise of std 10⁻⁵, uniform where the official
+  code draws a normal, see :func:`rigl`), grow
   the k inactive-after-drop entries with the largest |g| of the raw dense gradient (entries kept
   after the drop are lifted out of the grow ranking).
 * :func:`acdc` (Peste et al., arXiv 2106.12379): alternating dense / sparse phases; each
