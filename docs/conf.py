@@ -58,7 +58,8 @@ myst_enable_extensions = ["dollarmath", "amsmath", "substitution"]
 myst_heading_anchors = 3
 suppress_warnings = ["myst.header"]  # benchmark fragments may start at any heading level
 
-# The demo's measured runtime is stated once, in examples.md; other pages link there.
+# The demo's measured runtime is one figure, quoted alike in README.md, index.md, examples.md
+# and the demo's docstring (tests/test_docs_refs.py checks that they agree).
 
 nitpicky = True
 napoleon_google_docstring = True

@@ -17,15 +17,19 @@ accuracy reported. Without the sweep HAM's built-in step-size boost (per-weight 
 ``--seeds k`` every rate of the sweep runs on ``k`` seeds (initialization and batch order) and
 the table shows mean +- std; one seed (the default) cannot separate differences of about a point.
 
-Speed: the learning rate enters the optimizer as a traced scalar, and the whole sweep of a method
-(every rate and every seed) is one ``jax.vmap`` of a training loop written with ``jax.lax.scan``,
-so each method compiles once and runs its sweep without a Python step loop. The model is a Flax
-NNX module, split into a graph and a parameter dict (``nnx.split``) and merged inside the loss.
-The default run (1000 steps, three rates, one seed, three methods) took 36 s on 2 CPU cores
-shared with other jobs (``time python -m optax_sparse demo``; the examples page has the table).
+Speed: the learning rate enters the optimizer as a traced scalar, and a whole sweep (every rate
+and every seed) is one ``jax.lax.map`` over runs of a training loop written with
+``jax.lax.scan``: one compilation, no Python step loop. ``rigl`` runs in the program of
+``rigl_ham`` with HAM's ``alpha = beta = 0`` (its step is then the identity), so the default run
+compiles twice (dense; rigl and rigl_ham). The model is a Flax NNX module, split into a graph and
+a parameter dict (``nnx.split``) and merged inside the loss; its convolutions are computed as
+patches times the kernel (:class:`PatchConv`).
+The default demo run (1000 steps, three rates, one seed, three methods) was measured at 167 s
+on 2 CPU cores shared with other jobs (``time python -m optax_sparse demo``, load average 14 to
+23, 43 s of CPU time); the examples page has its table.
 
 The demo prints a table (chosen learning rate, test accuracy, sparsity achieved over the masked
-leaves, wall time of the method's whole sweep including compilation) and the sparsity report of
+leaves), the wall time of each compiled sweep (compilation included) and the sparsity report of
 each kept model, and writes ``demo.png`` (test accuracy over steps; density per layer) and
 ``results.md`` / ``results.json`` into ``--out``.
 

@@ -127,3 +127,18 @@ def test_path_check_catches_a_missing_file():
   assert found == ["benchmarks/nope.py"]
   assert _is_citation("google-research/rigl ``rigl/sparse_utils.py``", "rigl/sparse_utils.py")
   assert not _is_citation("see ``docs/benchmarks/nope.md``", "docs/benchmarks/nope.md")
+
+
+DEMO_RUNTIME = re.compile(r"demo run[^.]*?measured at (\d+) s on 2 CPU cores")
+DEMO_PAGES = ("README.md", "docs/index.md", "docs/examples.md", "optax_sparse/demo.py")
+
+
+def test_one_demo_runtime_everywhere():
+  """Every page that states the demo's runtime quotes the same measured figure, in seconds."""
+  found = {}
+  for name in DEMO_PAGES:
+    text = " ".join((ROOT / name).read_text().split())  # phrases may wrap across lines
+    found[name] = set(DEMO_RUNTIME.findall(text))
+    assert found[name], f"{name} does not state the demo's measured runtime"
+    assert not re.search(r"under a minute|a few minutes", text), name
+  assert len(set().union(*found.values())) == 1, found
