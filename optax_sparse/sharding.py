@@ -22,6 +22,7 @@ import re
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = ["Collective", "collectives", "state_shardings"]
@@ -38,13 +39,32 @@ def _mesh_of(shardings: list[Any]) -> Any:
   return None
 
 
+def _along(shape: tuple[int, ...], p_shape: tuple[int, ...], sharding: Any, replicated: Any) -> Any:
+  """A mask packed as bits along the last axis: the parameter's spec on every axis whose length
+  the mesh axes still divide (the leading axes always), replicated on the others."""
+  if not isinstance(sharding, NamedSharding) or len(shape) != len(p_shape) or not shape:
+    return replicated
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.devices.shape, strict=True))
+  out = []
+  for n, axes in zip(shape, spec, strict=True):
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    ways = math.prod(sizes[a] for a in names)
+    out.append(axes if ways and n % ways == 0 else None)
+  if all(a is None for a in out):
+    return replicated
+  return NamedSharding(sharding.mesh, PartitionSpec(*out))
+
+
 def state_shardings(tx: Any, params: Any) -> Any:
   """Shardings of ``tx.init(params)``: per-parameter leaves like their parameter, others replicated.
 
   A sub-tree of the state whose structure starts with that of ``params`` (``None`` allowed, as the
   masks of dense leaves; a sub-tree per parameter allowed, as NanoAdam's per-leaf moments) is
   per-parameter: its leaves with the shape of the matching parameter get that parameter's
-  sharding. Every other array leaf is replicated over the mesh of the parameters'
+  sharding; a mask packed as bits (uint8, ``ceil(n / 8)`` bytes along the last axis) keeps the
+  parameter's partitioning on every axis whose length the mesh axes still divide.
+  Every other array leaf is replicated over the mesh of the parameters'
   ``NamedSharding`` (or gets the first parameter's sharding when none is a ``NamedSharding``).
 
   Args:
@@ -100,8 +120,16 @@ def state_shardings(tx: Any, params: Any) -> Any:
     return True
 
   def like(sub: Any, shape: Any, sharding: Any) -> Any:
-    return jax.tree.map(
-        lambda v: sharding if shape is not None and tuple(v.shape) == shape else replicated, sub)
+    def leaf(v: Any) -> Any:
+      if shape is None:
+        return replicated
+      if tuple(v.shape) == shape:
+        return sharding
+      packed = (v.ndim == len(shape) >= 1 and v.dtype == jnp.uint8
+                and tuple(v.shape[:-1]) == shape[:-1] and v.shape[-1] == -(-shape[-1] // 8))
+      return _along(v.shape, shape, sharding, replicated) if packed else replicated
+
+    return jax.tree.map(leaf, sub)
 
   def per_param(x: Any) -> Any:
     subs = p_def.flatten_up_to(x)
