@@ -82,21 +82,38 @@ def select(runs: C.Runs, idx) -> int:
   return int(idx[np.argmax(np.nan_to_num(runs.val_acc[idx].mean(1), nan=-1.0))])
 
 
-def paired(a, b) -> tuple[float, float, float]:
-  """Mean and std (points) of the per-seed difference ``a - b`` and its mean / standard error."""
-  d = 100 * (np.asarray(a, np.float64) - np.asarray(b, np.float64))
-  sd = d.std(ddof=1) if d.size > 1 else 0.0
-  se = sd / np.sqrt(d.size) if d.size > 1 else np.inf
-  return float(d.mean()), float(sd), float(d.mean() / se) if se > 0 else np.inf
+def paired(a, b, scale: float = 100.0) -> tuple[float, float, float]:
+  """Mean and std of the per-seed difference ``scale·(a − b)`` and the two-sided p-value of a
+  paired t-test over the seeds."""
+  from scipy import stats
+
+  d = scale * (np.asarray(a, np.float64) - np.asarray(b, np.float64))
+  mean = float(d.mean())
+  sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
+  if d.size < 2 or sd == 0.0:
+    return mean, sd, 1.0 if mean == 0.0 or d.size < 2 else 0.0
+  t = mean / (sd / np.sqrt(d.size))
+  return mean, sd, float(2 * stats.t.sf(abs(t), d.size - 1))
 
 
-def verdict(mean: float, t: float) -> str:
-  if abs(t) < 2.0:
-    return (f"**inconclusive**: the paired difference ({mean:+.2f} points) is within two "
-            "standard errors of zero over the seeds")
+def verdict(mean: float, p: float, subject: str = "HAM", unit: str = " points") -> str:
+  """The verdict of a paired comparison (``mean > 0``: ``subject`` is better) at the 5% level."""
+  if not p < 0.05:
+    return (f"**inconclusive**: the paired difference ({mean:+.3g}{unit}, p = {p:.2f} in a "
+            "paired t-test over the seeds) is not significant at 5%")
   if mean > 0:
-    return f"**reproduces in direction**: HAM is {mean:+.2f} points better, beyond seed noise"
-  return f"**does not reproduce**: HAM is {mean:+.2f} points worse, beyond seed noise"
+    return f"**reproduces in direction**: {subject} is better by {mean:.3g}{unit} (p = {p:.3f})"
+  return f"**does not reproduce**: {subject} is worse by {-mean:.3g}{unit} (p = {p:.3f})"
+
+
+def edge(index: int, size: int) -> str:
+  """A marker for a selection at either end of its grid (the grid may be too narrow there)."""
+  return " (grid edge)" if size > 1 and index in (0, size - 1) else ""
+
+
+def fine_text(fine) -> str:
+  return (f"{len(fine)} rates 2^(1/3) apart from {fine[0]:.3g} to {fine[-1]:.3g}"
+          if len(fine) > 5 else C.lr_grid_text(fine))
 
 
 def main(argv=None) -> dict:
@@ -104,7 +121,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--setting", default="rigl", choices=tuple(PAPER))
   parser.add_argument("--fast", action="store_true", help="seconds-long smoke run")
   args = parser.parse_args(argv)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   setting = args.setting
   data = C.digits()
   if args.fast:
@@ -133,13 +150,18 @@ def main(argv=None) -> dict:
   for budget, label in (("lr only", "lr sweep"), ("equal", "lr × α grid / finer lr grid")):
     b_runs, bi, bn = picks[(budget, "base")]
     h_runs, hi, hn = picks[(budget, "ham")]
-    mean, sd, t = paired(h_runs.test_acc[hi], b_runs.test_acc[bi])
+    mean, sd, pv = paired(h_runs.test_acc[hi], b_runs.test_acc[bi])
     out[budget] = {"base_test": b_runs.test_acc[bi], "ham_test": h_runs.test_acc[hi],
-                   "delta": mean, "delta_std": sd, "t": t}
+                   "delta": mean, "delta_std": sd, "p": pv}
     lr_h, tg, a = configs[hi]
-    rows.append(f"| {label} | {name} | {bn} | lr {fine[bi]:.3g} | {C.pct(b_runs.val_acc[bi])} | "
-                f"{C.pct(b_runs.test_acc[bi])} | |")
-    rows.append(f"| {label} | {name} + HAM | {hn} | lr {lr_h:.3g}, e* {tg:g} (α = {a:.3g}) | "
+    b_grid = [float(fine[i]) for i in (base_coarse if budget == "lr only" else range(len(fine)))]
+    b_edge = edge(b_grid.index(float(fine[bi])), len(b_grid))
+    lr_edge = edge(lrs.index(lr_h), len(lrs))
+    tg_edge = "" if budget == "lr only" else edge(targets.index(tg), len(targets))
+    rows.append(f"| {label} | {name} | {bn} | lr {fine[bi]:.3g}{b_edge} | "
+                f"{C.pct(b_runs.val_acc[bi])} | {C.pct(b_runs.test_acc[bi])} | |")
+    rows.append(f"| {label} | {name} + HAM | {hn} | lr {lr_h:.3g}{lr_edge}, e* {tg:g}{tg_edge} "
+                f"(α = {a:.3g}) | "
                 f"{C.pct(h_runs.val_acc[hi])} | {C.pct(h_runs.test_acc[hi])} | "
                 f"{mean:+.2f} ± {sd:.2f} |")
   grid = [f"| lr | {name} | " + " | ".join(f"HAM e* {t:g}" for t in targets) + " |",
@@ -157,7 +179,7 @@ def main(argv=None) -> dict:
       "",
       "Accuracy % (mean ± std over seeds) at the configuration with the best mean validation "
       "accuracy within each budget; Δ is HAM minus its baseline, paired by seed (points). "
-      f"Rates: {C.lr_grid_text(lrs)}; finer baseline grid {C.lr_grid_text(fine)}; HAM target "
+      f"Rates: {C.lr_grid_text(lrs)}; finer baseline grid: {fine_text(fine)}; HAM target "
       f"exponents e* {C.lr_grid_text(targets)} (α = `suggest_ham_alpha(e*)` per rate, β = 1e-3).",
       "",
       "| budget | method | configs | selected | val acc | test acc | Δ test |",
@@ -168,13 +190,14 @@ def main(argv=None) -> dict:
       f"{ph:.2f} ± {phs:.2f} ({ph - pb:+.2f} points). Ours at the equal budget: "
       f"{C.pct(eq['base_test'])} → {C.pct(eq['ham_test'])} ({eq['delta']:+.2f} points).",
       "",
-      f"**Verdict** ({name}, equal budget): {verdict(eq['delta'], eq['t'])}.",
+      f"**Verdict** ({name}, equal budget): {verdict(eq['delta'], eq['p'])}.",
       "",
       "Test accuracy % over the whole grid (mean ± std over seeds):",
       "",
       *grid,
       "",
-      f"(runtime {time.perf_counter() - start:.0f} s on this shared machine)",
+      f"(runtime {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s "
+      "CPU, on a shared machine)",
   ])
   C.write(f"ham_sparse_training_{setting}", text, args.fast)
   if not args.fast:
@@ -199,7 +222,7 @@ def plot(setting, lrs, targets, base, ham, fine) -> None:
   ax.set_xlabel("learning rate")
   ax.set_ylabel("test accuracy %")
   lo = np.nanmax(100 * base.test_acc.mean(1)) - 6
-  ax.set_ylim(lo, None)
+  ax.set_ylim(lo, 100)
   ax.set_title(f"HAM + {NAMES[setting]}, digits MLP", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()

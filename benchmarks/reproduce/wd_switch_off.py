@@ -30,6 +30,7 @@ import time
 
 import common as C
 import ham_implicit_bias as HIB
+import ham_sparse_training as HST
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ import optax
 osp = C.osp
 
 LAMBDAS = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-GAMMAS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
+GAMMAS = (1e-1, 1e-3, 1e-5, 1e-7, 1e-9)
 LRS = (0.05, 0.1, 0.2, 0.4, 0.8)
 FINE_LRS = tuple(float(0.05 * 2.0 ** ((k - 1) / 3)) for k in range(15))
 WDS = (1e-3, 1e-2, 1e-1)
@@ -51,23 +52,11 @@ def decay(lam, switch, steps: int):
   return lambda c: jnp.where(switch > 0, off(c), lam)
 
 
-def paired(a, b):
-  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  sd = d.std(ddof=1) if d.size > 1 else 0.0
-  if sd > 0:
-    t = d.mean() / (sd / np.sqrt(d.size))
-  else:
-    t = 0.0 if d.mean() == 0 else np.inf * np.sign(d.mean())
-  return float(d.mean()), float(sd), float(t)
+def verdict(mean: float, p: float, unit: str) -> str:
+  return HST.verdict(mean, p, subject="switch-off", unit=unit)
 
 
-def verdict(mean: float, t: float, better_if_positive: bool, unit: str) -> str:
-  if not abs(t) >= 2.0:
-    return (f"**inconclusive**: the paired difference ({mean:+.3g}{unit}) is within two standard "
-            "errors of zero over the seeds")
-  good = (mean > 0) == better_if_positive
-  return (f"**reproduces in direction** (switch-off better by {abs(mean):.3g}{unit})" if good
-          else f"**does not reproduce** (switch-off worse by {abs(mean):.3g}{unit})")
+edge, fine_text = HST.edge, HST.fine_text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +108,7 @@ def part_a(seeds, steps: int, lambdas, gammas) -> tuple[list[str], dict]:
     k = start + i
     lam, _, gamma = configs[s][i]
     picked[s] = np.asarray(r["test"][k])
-    knob = f"γ = {gamma:g}" if s == "no decay" else f"λ = {lam:g}"
+    knob = (f"γ = {gamma:g}" if s == "no decay" else f"λ = {lam:g}") + edge(i, n)
     rows.append(f"| {s} | {n} | {knob} | {C.mean_std(val[i])} | {C.mean_std(r['test'][k])} | "
                 f"{C.mean_std(r['res'][k])} | {C.mean_std(r['l1'][k] / l1_ref)} |")
     start += n
@@ -129,8 +118,8 @@ def part_a(seeds, steps: int, lambdas, gammas) -> tuple[list[str], dict]:
     grid.append(f"| {lam:g} | " + " | ".join(cells) + " |")
   grid += ["", "| γ (no decay) | test error |", "|---|---|"]
   grid += [f"| {g:g} | {C.mean_std(r['test'][j])} |" for j, g in enumerate(gammas)]
-  vs_const = paired(picked["constant"], picked["switch-off at T/2"])
-  vs_none = paired(picked["no decay"], picked["switch-off at T/2"])
+  vs_const = HST.paired(picked["constant"], picked["switch-off at T/2"], scale=1.0)
+  vs_none = HST.paired(picked["no decay"], picked["switch-off at T/2"], scale=1.0)
   text = [
       f"#### A. m ⊙ w sparse regression: n = 40, d = 100, 5-sparse x*, {len(seeds)} seeds, "
       f"{steps} full-batch steps (lr {lr:.3g})",
@@ -146,9 +135,9 @@ def part_a(seeds, steps: int, lambdas, gammas) -> tuple[list[str], dict]:
       "",
       *grid,
       "",
-      f"Switch-off against constant decay: {verdict(vs_const[0], vs_const[2], True, '')} "
+      f"Switch-off against constant decay: {verdict(*vs_const[::2], '')} "
       f"(error difference constant − switch-off {vs_const[0]:+.3g} ± {vs_const[1]:.3g}); "
-      f"against no decay (tuned γ): {verdict(vs_none[0], vs_none[2], True, '')} "
+      f"against no decay (tuned γ): {verdict(*vs_none[::2], '')} "
       f"({vs_none[0]:+.3g} ± {vs_none[1]:.3g}).",
   ]
   return text, {"picked": picked, "vs_const": vs_const, "vs_none": vs_none}
@@ -177,17 +166,22 @@ def part_b(seeds, steps: int, lrs, wds, fine) -> tuple[list[str], dict]:
     i = start + int(np.argmax(np.nan_to_num(r.val_acc[start:start + n].mean(1), nan=-1.0)))
     lr, wd, _ = flat[i]
     picked[s] = r.test_acc[i]
-    knob = f"lr {lr:.3g}" + ("" if s == "no decay" else f", λ = {wd:g}")
+    j = i - start
+    if s == "no decay":
+      knob = f"lr {lr:.3g}{edge(j, n)}"
+    else:
+      knob = (f"lr {lr:.3g}{edge(j % len(lrs), len(lrs))}, "
+              f"λ = {wd:g}{edge(j // len(lrs), len(wds))}")
     rows.append(f"| {s} | {n} | {knob} | {C.pct(r.val_acc[i])} | {C.pct(r.test_acc[i])} | "
                 f"{r.train_loss[i].mean():.3f} |")
     start += n
-  vs_const = paired(picked["switch-off at T/2"], picked["constant"])
-  vs_none = paired(picked["switch-off at T/2"], picked["no decay"])
+  vs_const = HST.paired(picked["switch-off at T/2"], picked["constant"])
+  vs_none = HST.paired(picked["switch-off at T/2"], picked["no decay"])
   text = [
       f"#### B. digits MLP, SGD momentum 0.9, {steps} steps, {len(seeds)} seeds",
       "",
       f"Decayed schedules: lr {C.lr_grid_text(lrs)} × λ {C.lr_grid_text(wds)}; no decay: lr "
-      f"{C.lr_grid_text(fine)}. Accuracy % (mean ± std over seeds) at the best mean validation "
+      f"{fine_text(fine)}. Accuracy % (mean ± std over seeds) at the best mean validation "
       "accuracy; train loss: mean over the last 10% of steps.",
       "",
       "| schedule | configs | selected | val acc | test acc | train loss |",
@@ -195,10 +189,9 @@ def part_b(seeds, steps: int, lrs, wds, fine) -> tuple[list[str], dict]:
       *rows,
       "",
       "Switch-off against constant decay: "
-      f"{verdict(100 * vs_const[0], vs_const[2], True, ' points')} "
-      f"(paired {100 * vs_const[0]:+.2f} ± {100 * vs_const[1]:.2f}); against no decay: "
-      f"{verdict(100 * vs_none[0], vs_none[2], True, ' points')} "
-      f"({100 * vs_none[0]:+.2f} ± {100 * vs_none[1]:.2f}).",
+      f"{verdict(*vs_const[::2], ' points')} "
+      f"(paired {vs_const[0]:+.2f} ± {vs_const[1]:.2f}); against no decay: "
+      f"{verdict(*vs_none[::2], ' points')} ({vs_none[0]:+.2f} ± {vs_none[1]:.2f}).",
   ]
   return text, {"picked": picked, "vs_const": vs_const, "vs_none": vs_none}
 
@@ -207,7 +200,7 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--fast", action="store_true", help="seconds-long smoke run")
   args = parser.parse_args(argv)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   if args.fast:
     a_text, a = part_a([0, 1], 200, LAMBDAS[2:4], GAMMAS[:2])
     b_text, b = part_b([0, 1], 20, LRS[1:3], WDS[1:], LRS[1:3] + (0.3, 0.6))
@@ -226,7 +219,8 @@ def main(argv=None) -> dict:
       "",
       *b_text,
       "",
-      f"(runtime {time.perf_counter() - start:.0f} s on this shared machine)",
+      f"(runtime {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s "
+      "CPU, on a shared machine)",
   ])
   C.write("wd_switch_off", text, args.fast)
   return {"a": a, "b": b}
