@@ -204,7 +204,7 @@ def reference(tx, params, grads):
   return p, state
 
 
-def write(rows, args, n_params, out) -> None:
+def write(rows, args, n_params, out, seconds=None) -> None:
   cmd = "python benchmarks/sharding.py" + (f" --steps {args.steps}" if args.steps != 4 else "")
   lines = [
       "# Collectives of sharded steps",
@@ -212,7 +212,10 @@ def write(rows, args, n_params, out) -> None:
       f"Command: `{cmd}`",
       "",
       f"Machine: {platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__}, 8 simulated "
-      "CPU devices (`--xla_force_host_platform_device_count=8`).",
+      "CPU devices (`--xla_force_host_platform_device_count=8`)."
+      + ("" if seconds is None else
+         f" Runtime: {seconds[0]:.0f} s of CPU time ({seconds[1]:.0f} s wall; the machine was "
+         "shared with other jobs)."),
       "",
       f"Model: an MLP of {n_params:,} float32 parameters ({4 * n_params:,} B), kernels "
       + ", ".join(f"{a}x{b}" for a, b in LAYERS) + " and their biases. Meshes: `fsdp (8)` "
@@ -275,6 +278,7 @@ def main(argv=None) -> None:
   n_params = sum(x.size for x in jax.tree.leaves(params))
   grads = make_grads(params, args.steps)
   rows = []
+  t0, c0 = time.perf_counter(), time.process_time()
   for name, (tx, plain_count) in transforms().items():
     if args.only and args.only not in name:
       continue
@@ -288,7 +292,8 @@ def main(argv=None) -> None:
             f"{r['max_diff']:.2e} | compile {r['compile_s']:.1f} s", flush=True)
       for c in r["colls"]:
         print(f"    depth {c.branch_depth} {c.kind} {shapes_text(c.shapes)} {c.nbytes:,} B")
-  write(rows, args, n_params, args.out)
+  write(rows, args, n_params, args.out,
+        (time.process_time() - c0, time.perf_counter() - t0))
   print(f"wrote {args.out}")
 
 
