@@ -23,7 +23,10 @@ Library decisions where the paper leaves a choice (see :doc:`/methods/nanoadam`)
   threshold, several times faster than a large ``top_k`` on CPU), then the ascending flat
   indices by ``select.nonzero_indices``; both work in the leaf's shape, so on a device mesh
   they reduce histograms and counts instead of gathering the matrix (``docs/sharding.md``).
-  The paper code's ``chunk_size`` is not provided.
+  On one device, where nothing is sharded, the flattened leaf is used instead: ``jax.lax.top_k``
+  when ``k_max <= n/32``, otherwise the same radix threshold with a compaction over packed
+  32-bit words (the same indices, several times faster on CPU). The paper code's
+  ``chunk_size`` is not provided.
 * **Sharding.** The compressed slots are replicated (``osp.state_shardings``); each step reads
   and writes the slots through a multi-index into the sharded gradient and update, which XLA
   partitions as local gathers / scatters plus an all-reduce of the ``k_max`` selected values.
