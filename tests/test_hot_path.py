@@ -58,17 +58,17 @@ def adamw_bytes():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU pass structure")
-@pytest.mark.parametrize("cap, default_max, region_max", [(1000.0, 2.15, 1.75), (None, 1.75, 1.35)])
-def test_ham_bytes_against_adamw(adamw_bytes, cap, default_max, region_max):
+@pytest.mark.parametrize("cap, max_ratio", [(1000.0, 1.75), (None, 1.35)])
+def test_ham_bytes_against_adamw(adamw_bytes, cap, max_ratio):
   # Each 2-D leaf: two non-finite reductions (gradient, parameter) and one more gradient read
   # in the last fusion; with the cap the result is written, reduced and read once more. The
-  # step must not check the leaves a second time (that was +0.6x adamw's bytes).
+  # step must not check the leaves a second time (+0.6x adamw's bytes), and the guard's kept
+  # state must be written in place (copies of the moments: +0.4x).
   tx = osp.ham(optax.adamw(1e-3, weight_decay=1e-4), 1e-3, max_weight_norm=cap)
-  assert _bytes(_compiled(tx)) / adamw_bytes <= default_max
-  # With region-analysis copy insertion the copies of the Adam moments go away.
-  region = _compiled(tx, REGION_ANALYSIS)
-  assert _copies(region) == 0
-  assert _bytes(region) / adamw_bytes <= region_max
+  for options in (None, REGION_ANALYSIS):
+    compiled = _compiled(tx, options)
+    assert _copies(compiled) == 0
+    assert _bytes(compiled) / adamw_bytes <= max_ratio
 
 
 def test_flat_nonzero_matches_nonzero_indices():

@@ -58,7 +58,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_sparse import _eligibility, _hyperparams, _nonfinite, _validation, kernels
+from optax_sparse import (
+  _eligibility,
+  _hyperparams,
+  _nonfinite,
+  _select_in_place,
+  _validation,
+  kernels,
+)
 from optax_sparse.compose import ComposeState, compose
 from optax_sparse.geometry.mirror import mirror_descent
 from optax_sparse.geometry.potentials import Potential
@@ -376,7 +383,9 @@ def ham(
     # zero gradient and parameter, it emits exactly 0 and keeps its base state.
     ok = _nonfinite.ok_tree(updates, params)
     base_state, step_state = state.inner_states
-    base_updates, base_state = _nonfinite.guard(
+    # The guard with the kept state selected where the base writes it: the donated moments
+    # are updated in place, not copied first (_select_in_place).
+    base_updates, base_state = _select_in_place.guard(
         base, updates, base_state, params, ok, **extra_args)
     # The step gets ok: the zeroed leaves need no second check (two more reads of each).
     new_updates, step_state = _hyperbolic_update(
