@@ -14,7 +14,7 @@ and keeps its state, the others get ``inner``'s update and state computed with t
 leaves zeroed, bit-identical to ``inner.update`` itself (the copy-and-recompute structure of
 ``_nonfinite.guard`` can differ from it in the last bit, e.g. for Nesterov Adam, where the
 duplicated moment is recomputed inside another fused pass). A state leaf that ``inner`` passes
-through from an input (or outputs twice) is selected at the output instead, as in
+through from an input (or gives as two state leaves) is selected at the output instead, as in
 ``_nonfinite.guard``. When the jaxpr cannot be built, ``_nonfinite.guard`` is used.
 """
 
@@ -82,7 +82,9 @@ def guard(inner: Any, grads: Any, state: Any, params: Any, ok: Any, **extra_args
   for i, (v, f) in enumerate(zip(state_vars, flat_flags, strict=True)):
     if f is True:
       continue
-    if (isinstance(v, jex_core.Literal) or v not in produced or outvars.count(v) > 1
+    # A variable that is also an update output may be substituted (the update of a skipped leaf
+    # is replaced by 0); one shared by two state leaves is selected at the output.
+    if (isinstance(v, jex_core.Literal) or v not in produced or state_vars.count(v) > 1
         or v in subst):
       at_output.append(i)
       continue

@@ -159,6 +159,7 @@ def _PlainGuardSparse():  # noqa: N802 - a factory named like the transformation
     lambda: optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2, b1=0.8)),
     lambda: optax.adam(1e-2, nesterov=True),
     lambda: optax.amsgrad(1e-2),
+    lambda: optax.sgd(1e-2, momentum=0.9),  # the update is the new trace itself
     lambda: optax.lion(1e-3),
 ])
 def test_in_place_guard_is_the_policy_and_bit_identical_to_optax(inner):
