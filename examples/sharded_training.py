@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
   compiled = update.lower(grad_fn(params, *minibatch()), state, params).compile()
   for _ in range(steps):
     params, state = compiled(grad_fn(params, *minibatch()), state, params)
+    # One step in flight: with many steps queued, the collectives of the 8 simulated CPU devices
+    # (threads of one pool) deadlocked here (XLA's rendezvous timeout); real devices need not wait.
+    jax.block_until_ready(params)
   # ---------------------------------------------------------------------------------------------
 
   masks = osp.get_masks(state)
