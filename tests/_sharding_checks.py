@@ -124,12 +124,14 @@ def transforms() -> dict:
       # Masks recomputed every step (straight-through estimators), balanced distribution.
       "magnitude_ste": osp.magnitude_ste(optax.adam(lr), 0.75, osp.balanced()),
       "random_ste": osp.random_ste(optax.adam(lr), 0.75, seed=2),
-      # Masks given by the parameters' zeros; the N:M rule. (The Wanda rule is not here: its
-      # per-column tie cut is a cumsum along the rows, which gathers a row-sharded leaf; see
-      # docs/sharding.md.)
+      # Masks given by the parameters' zeros; the N:M rule; the Wanda rule (per-column top-k by
+      # column reductions, pruning at a later step; norms with ties).
       "fixed_mask": osp.sparse(optax.adam(lr), osp.fixed_mask(), None),
       "keep_mask": osp.keep_mask(optax.adam(lr), compact_state=False),
       "nm": osp.sparse(optax.adam(lr), osp.nm(2, 4), None),
+      "wanda": osp.sparse(optax.adam(lr), osp.wanda(
+          {name: {"w": jnp.asarray(np.round(np.linspace(0.5, 2.0, a), 1), jnp.float32),
+                  "b": None} for name, (a, _) in SHAPES.items()}, at_step=2), 0.5),
       "geometry": osp.compose(
           optax.adamw(lr),
           osp.mirror_descent(lr, osp.potentials.hyperbolic_entropy(0.1)),

@@ -22,7 +22,7 @@ def test_every_transform_on_two_meshes_matches_one_device_without_gathers():
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
   meshes = {(r["check"], r["mesh"]) for r in rows if "mesh" in r}
   checks = {c for c, _ in meshes}
-  assert len(checks) >= 22
+  assert len(checks) >= 23
   assert all((c, m) in meshes for c in checks for m in ("fsdp", "2x4"))
   # The dynamic rules really communicate histograms / per-row counts (the check is not vacuous).
   for name in ("rigl+ham", "rigl+fan_in"):

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_sparse import masks as masks_lib
-from optax_sparse.masks import select
+from optax_sparse.masks import groups, select
 from optax_sparse.masks.rules import _base as rules_base
 
 __all__ = ["wanda", "wanda_masks", "wanda_scores"]
@@ -127,25 +127,16 @@ def _leaf_scores(w: jax.Array, norm: jax.Array) -> jax.Array:
 def top_k_per_column(scores: jax.Array, k: Any) -> jax.Array:
   """Mask of the ``k`` largest entries of every column of a 2-D ``scores`` (sort-free).
 
-  A bitwise search finds the k-th largest order-preserving key of every column in 32 counting
-  passes (``select.score_keys``: NaN lowest, ``-0.0 == 0.0``); entries above it are kept and
-  the ties at it are cut by lower row index. Exactly ``clip(k, 0, rows)`` per column; ``k`` may be
-  traced. Reductions run along the rows only, so a column-sharded array stays local.
+  The per-row selection of ``osp.groups`` on the transposed scores: a bitwise search finds the
+  k-th largest order-preserving key of every column (``select.score_keys``: NaN lowest,
+  ``-0.0 == 0.0``); entries above it are kept and the ties at it are cut by lower row index with
+  a second bitwise search over the row index (no cumulative sum). Exactly ``clip(k, 0, rows)``
+  per column; ``k`` may be traced. Every pass is an elementwise comparison and a count per
+  column, so a sharded kernel is never gathered.
   """
-  rows = scores.shape[0]
-  key = select.score_keys(scores).reshape(scores.shape)
+  rows, cols = scores.shape
   k = jnp.clip(jnp.asarray(k, jnp.int32), 0, rows)
-
-  def bit(b, t):
-    cand = t | jnp.left_shift(jnp.uint32(1), jnp.uint32(31) - b.astype(jnp.uint32))
-    count = jnp.sum(key >= cand[None, :], axis=0, dtype=jnp.int32)
-    return jnp.where(count >= k, cand, t)
-
-  t = jax.lax.fori_loop(0, 32, bit, jnp.zeros(scores.shape[1:], jnp.uint32))
-  above = key > t[None, :]
-  tie = key == t[None, :]
-  left = k - jnp.sum(above, axis=0, dtype=jnp.int32)
-  return above | (tie & (jnp.cumsum(tie, axis=0, dtype=jnp.int32) <= left[None, :]))
+  return groups._row_top_k(scores.T, jnp.broadcast_to(k, (cols,))).T  # noqa: SLF001
 
 
 def _check_pattern(sparsity: Any, n: Any, m: Any) -> None:
