@@ -108,7 +108,33 @@ def load_checkpoint(path: str) -> tuple[object, object]:
     params, rest = raw["params"], [raw.get("opt_state")]
   else:
     params, rest = raw, []
-  return params, _find_masks(rest)
+  return params, _unpack_raw_masks(_find_masks(rest), params)
+
+
+def _unpack_raw_masks(masks: object, params: object) -> object:
+  """Masks saved as bits (``sparse(..., packed_masks=True)``) as bool masks of the params' shapes.
+
+  Restored without a template, a packed mask is a dict ``{"bits": uint8 array}``; the shape of
+  its parameter gives the mask's shape back.
+  """
+  if masks is None:
+    return None
+  import jax
+
+  from optax_sparse.masks.sparse import PackedMask
+
+  def is_packed(x):
+    return isinstance(x, dict) and set(x) == {"bits"}
+
+  def unpack(m, p):
+    if is_packed(m) and p is not None:
+      return PackedMask(m["bits"], jax.numpy.shape(p)).unpack()
+    return m
+
+  try:
+    return jax.tree.map(unpack, masks, params, is_leaf=lambda x: x is None or is_packed(x))
+  except ValueError:
+    return masks  # Not shaped like the parameters: the report says what it can.
 
 
 def _find_masks(tree: object) -> object:

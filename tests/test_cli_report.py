@@ -76,3 +76,18 @@ def test_report_arguments(tmp_path, capsys):
   checkpointing.save(tmp_path / "p", {"w": jnp.ones((4, 4))})
   with pytest.raises(ValueError, match="--nm"):
     cli.main(["report", str(tmp_path / "p"), "--nm", "2-4"])
+
+
+def test_report_of_a_checkpoint_with_packed_masks(tmp_path, capsys):
+  # Masks kept as bits in the state are unpacked with the parameters' shapes: the same report
+  # as the bool-mask run.
+  rng = np.random.default_rng(1)
+  params = {"w1": jnp.asarray(rng.normal(size=(16, 12)), jnp.float32), "b1": jnp.zeros(12)}
+  tx = osp.sparse(optax.adam(1e-2), osp.static_random(), sparsity=0.75, packed_masks=True)
+  state = tx.init(params)
+  checkpointing.save(tmp_path / "ckpt", (params, state))
+  assert cli.main(["report", str(tmp_path / "ckpt"), "--format", "json"]) == 0
+  got = json.loads(capsys.readouterr().out)
+  want = osp.sparsity_report(params, state).to_dict()
+  assert got == json.loads(json.dumps(want))
+  assert int(np.asarray(osp.get_masks(state)["w1"]).sum()) == 48
