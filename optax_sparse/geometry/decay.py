@@ -96,6 +96,12 @@ def decoupled_weight_decay(
     Loshchilov, Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
+  return _decoupled_weight_decay(weight_decay, where, check=True)
+
+
+def _decoupled_weight_decay(weight_decay, where, *, check: bool):
+  """:func:`decoupled_weight_decay`; ``check=False`` inside a guard that already applies the
+  non-finite policy (its skipped leaves arrive as zeros and leave as zeros)."""
   _hyperparams.check_scalar("weight_decay", weight_decay, low=0.0)
   _eligibility.check_where("where", where)
 
@@ -117,7 +123,7 @@ def decoupled_weight_decay(
         return u
       # Non-finite policy (docs/nonfinite.md): a leaf whose update or parameter is not finite
       # emits 0 (stateless: the optimizer around it counts the skip).
-      ok = _nonfinite.finite(u) & _nonfinite.finite(p)
+      ok = (_nonfinite.finite(u) & _nonfinite.finite(p)) if check else True
       if not on:
         return jnp.where(ok, u, jnp.zeros_like(u))
       new = u.astype(jnp.float32) + wd * p.astype(jnp.float32)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_sparse import _eligibility, _hyperparams, _nonfinite
-from optax_sparse.geometry.decay import decoupled_weight_decay
+from optax_sparse.geometry.decay import _decoupled_weight_decay
 
 __all__ = ["scale_by_steepest", "steepest_descent"]
 
@@ -75,6 +75,12 @@ def scale_by_steepest(q: float, *, normalization: str = "none") -> optax.Gradien
     Jacobs, Zhou, Burkholz, `Never Saddle for Reparameterized Steepest Descent as Mirror Flow
     <https://arxiv.org/abs/2603.02064>`_, ICLR 2026.
   """
+  return _scale_by_steepest(q, normalization, check=True)
+
+
+def _scale_by_steepest(q, normalization: str, *, check: bool) -> optax.GradientTransformation:
+  """:func:`scale_by_steepest`; ``check=False`` inside a guard that already applies the
+  non-finite policy (its skipped leaves arrive as zeros and leave as zeros)."""
   _hyperparams.check_scalar("q", q, low=1.0, high=2.0, allow_schedule=False)
   if normalization not in _NORMALIZATIONS:
     raise ValueError(f"normalization must be one of {_NORMALIZATIONS}; got {normalization!r}.")
@@ -91,9 +97,14 @@ def scale_by_steepest(q: float, *, normalization: str = "none") -> optax.Gradien
   def update_fn(updates, state, params=None):
     # Non-finite policy (docs/nonfinite.md): a leaf whose gradient (or parameter) is not finite
     # gets a zero direction and stays out of the global norm.
-    ok = _nonfinite.ok_tree(updates, params)
-    g32 = jax.tree.map(lambda g, k: None if g is None else jnp.where(k, g.astype(jnp.float32), 0.0),
-                       updates, ok, is_leaf=lambda v: v is None)
+    if check:
+      ok = _nonfinite.ok_tree(updates, params)
+      g32 = jax.tree.map(
+          lambda g, k: None if g is None else jnp.where(k, g.astype(jnp.float32), 0.0),
+          updates, ok, is_leaf=lambda v: v is None)
+    else:
+      g32 = jax.tree.map(lambda g: None if g is None else g.astype(jnp.float32), updates,
+                         is_leaf=lambda v: v is None)
     leaves = [g for g in jax.tree.leaves(g32)]
     if normalization == "global" and not is_two and leaves:
       total = sum(_q_norm_sum(g, q) for g in leaves)
@@ -161,7 +172,9 @@ def steepest_descent(
   # of weight_decay (optax.inject_hyperparams turns the default 0.0 into a traced value). The
   # guard counts the leaves skipped under the non-finite policy.
   return _nonfinite.guarded(optax.chain(
-      scale_by_steepest(q, normalization=normalization),
-      decoupled_weight_decay(weight_decay, where=decay_where),
+      # The guard zeros a skipped leaf's gradient and parameter before the chain and its
+      # update after: the stages need not check again (one finiteness pass per step).
+      _scale_by_steepest(q, normalization, check=False),
+      _decoupled_weight_decay(weight_decay, decay_where, check=False),
       optax.scale_by_learning_rate(learning_rate),
   ))
