@@ -19,8 +19,6 @@ import argparse
 import time
 
 import common as C
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -54,20 +52,7 @@ def run_ham(xs, ys, alpha: float, steps: int):
   tx = osp.ham(optax.sgd(lr), learning_rate=lr, alpha=alpha, beta=0.0, where=lambda p, v: True,
                max_weight_norm=None)
 
-  def one(x, y, key):
-    theta = {"t": 1e-3 * jax.random.normal(key, (x.shape[1],))}
-    loss = lambda p: 0.5 * jnp.mean((x @ p["t"] - y) ** 2)  # noqa: E731
-
-    def step(carry, _):
-      p, s = carry
-      u, s = tx.update(jax.grad(loss)(p), s, p)
-      return (optax.apply_updates(p, u), s), None
-
-    (p, _), _ = jax.lax.scan(step, (theta, tx.init(theta)), None, length=steps)
-    return p["t"]
-
-  keys = jax.random.split(jax.random.key(0), len(xs))
-  return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(xs), jnp.asarray(ys), keys))
+  return C.fit_regression(tx, xs, ys, steps)
 
 
 def main(argv=None) -> dict:

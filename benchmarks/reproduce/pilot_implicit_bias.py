@@ -26,8 +26,6 @@ import time
 
 import common as C
 import ham_implicit_bias as H
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -44,20 +42,7 @@ def run_pilot(xs, ys, beta: float, lam: float, steps: int):
   tx = osp.pilot(lr, steps_per_epoch=STEPS_PER_EPOCH, total_epochs=steps // STEPS_PER_EPOCH,
                  beta=beta, lambda_init=lam, base=optax.identity(), where=lambda p, v: True)
 
-  def one(x, y, key):
-    theta = {"t": 1e-3 * jax.random.normal(key, (x.shape[1],))}
-    loss = lambda p: 0.5 * jnp.mean((x @ p["t"] - y) ** 2)  # noqa: E731
-
-    def step(carry, _):
-      p, s = carry
-      u, s = tx.update(jax.grad(loss)(p), s, p)
-      return (optax.apply_updates(p, u), s), None
-
-    (p, _), _ = jax.lax.scan(step, (theta, tx.init(theta)), None, length=steps)
-    return p["t"]
-
-  keys = jax.random.split(jax.random.key(0), len(xs))
-  return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(xs), jnp.asarray(ys), keys))
+  return C.fit_regression(tx, xs, ys, steps)
 
 
 def main(argv=None) -> dict:
