@@ -229,11 +229,6 @@ def train_grid(
               np.asarray(res["test"]), np.asarray(res["loss"]), extra)
 
 
-# ----------------------------------------------------------------------------------------------
-# Reporting
-
-
-
 def fit_regression(tx, xs, ys, steps: int) -> np.ndarray:
   """``tx`` on the least-squares losses of the problems ``(xs[i], ys[i])``, full batch.
 
@@ -254,6 +249,30 @@ def fit_regression(tx, xs, ys, steps: int) -> np.ndarray:
 
   keys = jax.random.split(jax.random.key(0), len(xs))
   return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(xs), jnp.asarray(ys), keys))
+
+
+def fit_minibatches(tx, apply, params, x, y, keys, batch_size: int = 64):
+  """``tx`` on the mean cross-entropy of ``apply`` over minibatches of ``(x, y)``.
+
+  One step per key of ``keys`` (each draws ``batch_size`` indices with replacement), from
+  ``params`` and a fresh ``tx.init(params)``; returns the final parameters.
+  """
+  def step(carry, k):
+    p, s = carry
+    idx = jax.random.randint(k, (batch_size,), 0, x.shape[0])
+    g = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(
+        apply(q, x[idx]), y[idx]).mean())(p)
+    u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  (p, _), _ = jax.lax.scan(step, (params, tx.init(params)), keys)
+  return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
 
 
 def mean_std(a) -> str:

@@ -53,18 +53,8 @@ def pretrain(data: C.Split, seeds, steps: int, batch: int = 64):
 
   def one(seed):
     k_init, k_data = jax.random.split(jax.random.key(seed))
-    p = C.mlp_init(k_init)
-
-    def step(carry, k):
-      p, s = carry
-      idx = jax.random.randint(k, (batch,), 0, x.shape[0])
-      g = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(
-          C.mlp_apply(q, x[idx]), y[idx]).mean())(p)
-      u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-
-    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), jax.random.split(k_data, steps))
-    return p
+    return C.fit_minibatches(tx, C.mlp_apply, C.mlp_init(k_init), x, y,
+                             jax.random.split(k_data, steps), batch)
 
   return jax.jit(jax.vmap(one))(jnp.asarray(seeds, jnp.uint32))
 
@@ -82,17 +72,8 @@ def finetune(make_tx, params0, data: C.Split, perms, lrs, seeds, steps: int, bat
   def one(lr, p, perm, seed):
     xb = task(data.x_train, perm)
     tx = make_tx(optax.cosine_decay_schedule(lr, steps, alpha=0.1))
-
-    def step(carry, k):
-      q, s = carry
-      idx = jax.random.randint(k, (batch,), 0, xb.shape[0])
-      g = jax.grad(lambda r: optax.softmax_cross_entropy_with_integer_labels(
-          C.mlp_apply(r, xb[idx]), y_tr[idx]).mean())(q)
-      u, s = tx.update(g, s, q)
-      return (optax.apply_updates(q, u), s), None
-
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), steps)
-    (q, _), _ = jax.lax.scan(step, (p, tx.init(p)), keys)
+    q = C.fit_minibatches(tx, C.mlp_apply, p, xb, y_tr, keys, batch)
     moved = sum(jnp.sum(q[k] != p[k]) for k in q if q[k].ndim >= 2)
     total = sum(q[k].size for k in q if q[k].ndim >= 2)
     return {
