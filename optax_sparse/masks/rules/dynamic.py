@@ -11,6 +11,7 @@ import optax
 
 from optax_sparse import _hyperparams
 from optax_sparse.masks import groups as groups_lib
+from optax_sparse.masks import select
 from optax_sparse.masks.rules._base import (
   MaskRule,
   _check_step,
@@ -79,11 +80,7 @@ def _tie_noise(key: jax.Array, shape: tuple[int, ...], std: float) -> jax.Array:
   selection on CPU).
   """
   seed = jax.random.bits(key, (2,), jnp.uint32)
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    stride *= shape[axis]
+  index = select._flat_index(shape)  # noqa: SLF001 - the selections' shard-local flat index.
   h = _mix32(_mix32(index ^ seed[0]) + seed[1])
   u = (h >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0 ** -24)
   return jnp.float32(std * 12.0 ** 0.5) * (u - jnp.float32(0.5))
