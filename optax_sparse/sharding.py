@@ -218,15 +218,22 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
   return comps, entry
 
 
+def _branch_list(line: str) -> list[str] | None:
+  """The ``branch_computations`` of a conditional, in index order (None in the true/false form)."""
+  branches = _BRANCHES.search(line)
+  if branches is None:
+    return None
+  return [b.strip().lstrip("%") for b in branches.group(1).split(",") if b.strip()]
+
+
 def _taken_branch(line: str, constants: dict[str, str]) -> str | None:
   """The branch a conditional takes when its index is a constant of its computation."""
   operand = _COND_OPERAND.search(line)
   value = constants.get(operand.group(1)) if operand else None
   if value is None:
     return None
-  branches = _BRANCHES.search(line)
-  if branches is not None:
-    names = [b.strip().lstrip("%") for b in branches.group(1).split(",") if b.strip()]
+  names = _branch_list(line)
+  if names is not None:
     index = 1 if value == "true" else 0 if value == "false" else int(value)
     return names[index] if 0 <= index < len(names) else names[-1]
   pair = dict(_TRUE_FALSE.findall(line))
@@ -281,9 +288,9 @@ def collectives(hlo_text: str) -> list[Collective]:
         if taken is not None:
           visit(taken, branch_depth, depth + 1)
         else:
-          branches = _BRANCHES.search(line)
-          names = ([b.strip().lstrip("%") for b in branches.group(1).split(",") if b.strip()]
-                   if branches else [n for _, n in _TRUE_FALSE.findall(line)])
+          names = _branch_list(line)
+          if names is None:
+            names = [n for _, n in _TRUE_FALSE.findall(line)]
           for branch in names:
             visit(branch, branch_depth + 1, depth + 1)
       for callee in _CALLS.findall(line):
