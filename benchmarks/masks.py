@@ -268,11 +268,6 @@ def time_steps(repeats: int, width: int = 1024, blocks: int = 3) -> tuple[list[t
   return rows, n_params
 
 
-def time_sparse_rigl_steps(repeats: int) -> tuple[list[tuple], int]:
-  """The step rows of :func:`time_steps` (the name the summary page cites)."""
-  return time_steps(repeats)
-
-
 def state_bytes_rows(width: int = 1024, blocks: int = 3) -> list[tuple]:
   """(name, state bytes, of which masks, ratio to the inner optimizer's state)."""
   params = _mlp_params(width, blocks)
