@@ -113,10 +113,6 @@ class NanoAdamState(NamedTuple):
 TOP_K_MAX_SIZE = 0
 
 
-def _is_moments(x: Any) -> bool:
-  return x is None or isinstance(x, (NanoAdamSubsetMoments, NanoAdamDenseMoments))
-
-
 def _default_dense(path: Any, leaf: Any) -> bool:
   del path
   return getattr(leaf, "ndim", 0) < 2
