@@ -86,7 +86,8 @@ def meshes() -> dict:
 
 
 def transforms() -> dict:
-  """Name -> (transformation, a plain count or None when the step has no counter)."""
+  """Name -> (transformation, or a function of the parameter shardings that builds it; a plain
+  count, or None when the step has no counter)."""
   return {
       "sparse(ham(adamw), rigl, 0.9, erk)": (
           osp.sparse(osp.ham(optax.adamw(LR), learning_rate=LR), osp.rigl(every=2), 0.9,
@@ -98,6 +99,10 @@ def transforms() -> dict:
           osp.sparse(optax.adam(LR), osp.acdc(warmup_steps=1, sparse_steps=2, dense_steps=1,
                                               alternate_until=4, final_sparse_from=5), 0.8), 2),
       "nanoadam(density 0.1)": (osp.nanoadam(LR, 0.1, refresh_every=2), 1),
+      # One set of compressed slots per shard: built per mesh from the parameters' shardings.
+      "nanoadam(density 0.1, chunks=shard_grid)": (
+          lambda shardings: osp.nanoadam(LR, 0.1, refresh_every=2,
+                                         chunks=osp.shard_grid(shardings)), 1),
       "sr_ste(adam, 2:4)": (osp.sr_ste(optax.adam(LR), 2, 4), None),
       "hyperbolic_adamw": (osp.hyperbolic_adamw(LR), None),
   }
@@ -158,9 +163,13 @@ def grouped(colls) -> list[tuple]:
   return sorted((d, k, s, n, b) for (d, k, s, b), n in counts.items())
 
 
+def shardings_of(mesh, specs, params) -> dict:
+  return {k: dict(zip(("w", "b"), (NamedSharding(mesh, s) for s in specs(i)), strict=True))
+          for i, k in enumerate(params)}
+
+
 def run(name, tx, plain_count, mesh_name, mesh, specs, params, grads, ref):
-  shardings = {k: dict(zip(("w", "b"), (NamedSharding(mesh, s) for s in specs(i)), strict=True))
-               for i, k in enumerate(params)}
+  shardings = shardings_of(mesh, specs, params)
   p = jax.device_put(params, shardings)
   state_sh = osp.state_shardings(tx, p)
   state = jax.jit(tx.init, out_shardings=state_sh)(p)
@@ -282,9 +291,12 @@ def main(argv=None) -> None:
   for name, (tx, plain_count) in transforms().items():
     if args.only and args.only not in name:
       continue
-    ref = reference(tx, params, grads)
+    per_mesh = not hasattr(tx, "init")
+    ref = None if per_mesh else reference(tx, params, grads)
     for mesh_name, (mesh, specs) in meshes().items():
-      r = run(name, tx, plain_count, mesh_name, mesh, specs, params, grads, ref)
+      mesh_tx = tx(shardings_of(mesh, specs, params)) if per_mesh else tx
+      mesh_ref = reference(mesh_tx, params, grads) if per_mesh else ref
+      r = run(name, mesh_tx, plain_count, mesh_name, mesh, specs, params, grads, mesh_ref)
       rows.append(r)
       print(f"{name} | {mesh_name} | plain: {summarize(r['colls'], (0,))} | mask update: "
             f"{summarize(r['colls'], (1,))} | ties: {summarize(r['colls'], tuple(range(2, 9)))} "

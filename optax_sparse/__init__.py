@@ -21,7 +21,7 @@ from optax_sparse.masks import *  # noqa: F403
 from optax_sparse.methods import *  # noqa: F403
 from optax_sparse.pruning import *  # noqa: F403
 from optax_sparse.report import LeafReport, SparsityReport, connectivity_image, sparsity_report
-from optax_sparse.sharding import Collective, collectives, state_shardings
+from optax_sparse.sharding import Collective, collectives, shard_grid, state_shardings
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "sharding",
     "Collective",
     "collectives",
+    "shard_grid",
     "state_shardings",
     *geometry.__all__,
     *masks.__all__,

@@ -7,9 +7,12 @@ of ``optax_sparse.masks.select`` reduce small histograms across devices instead 
 
 * :func:`state_shardings` gives the sharding of every leaf of ``tx.init(params)``: a leaf of a
   sub-tree shaped like the parameters (masks, moments, shadow weights, reparameterization
-  factors) gets the sharding of its parameter; any other leaf (counters, keys, schedules,
-  NanoAdam's compressed slots) is replicated over the parameters' mesh. Pass it as
-  ``out_shardings`` of a jitted ``tx.init`` and as the state's sharding of the train step.
+  factors, NanoAdam's compressed slots when they are chunked by the shards) gets the sharding
+  of its parameter; any other leaf (counters, keys, schedules, NanoAdam's whole-matrix slots)
+  is replicated over the parameters' mesh. Pass it as ``out_shardings`` of a jitted
+  ``tx.init`` and as the state's sharding of the train step.
+* :func:`shard_grid` gives each parameter's number of shards per axis, the ``chunks`` with
+  which NanoAdam keeps one set of compressed slots per shard.
 * :func:`collectives` reads the collective operations out of compiled HLO text
   (``jax.jit(f).lower(...).compile().as_text()``) with the bytes each one produces, which is how
   the tests check that no step gathers a parameter.
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["Collective", "collectives", "state_shardings"]
+__all__ = ["Collective", "collectives", "shard_grid", "state_shardings"]
 
 
 def _is_none(x: Any) -> bool:
@@ -63,7 +66,10 @@ def state_shardings(tx: Any, params: Any) -> Any:
   masks of dense leaves; a sub-tree per parameter allowed, as NanoAdam's per-leaf moments) is
   per-parameter: its leaves with the shape of the matching parameter get that parameter's
   sharding; a mask packed as bits (uint8, ``ceil(n / 8)`` bytes along the last axis) keeps the
-  parameter's partitioning on every axis whose length the mesh axes still divide.
+  parameter's partitioning on every axis whose length the mesh axes still divide; per-tile
+  slots of shape ``(*grid, k)`` (NanoAdam with ``chunks``, ``grid`` dividing the parameter's
+  shape axis by axis) keep the parameter's partitioning on the grid axes the mesh axes divide
+  and are replicated along the last axis.
   Every other array leaf is replicated over the mesh of the parameters'
   ``NamedSharding`` (or gets the first parameter's sharding when none is a ``NamedSharding``).
 
@@ -127,7 +133,15 @@ def state_shardings(tx: Any, params: Any) -> Any:
         return sharding
       packed = (v.ndim == len(shape) >= 1 and v.dtype == jnp.uint8
                 and tuple(v.shape[:-1]) == shape[:-1] and v.shape[-1] == -(-shape[-1] // 8))
-      return _along(v.shape, shape, sharding, replicated) if packed else replicated
+      if packed:
+        return _along(v.shape, shape, sharding, replicated)
+      tiled = (v.ndim == len(shape) + 1 >= 2
+               and all(s % g == 0 for s, g in zip(shape, v.shape[:-1], strict=True)))
+      if tiled:
+        grid = _along(v.shape[:-1], shape, sharding, None)
+        if grid is not None:
+          return NamedSharding(grid.mesh, PartitionSpec(*grid.spec, None))
+      return replicated
 
     return jax.tree.map(leaf, sub)
 
@@ -144,6 +158,46 @@ def state_shardings(tx: Any, params: Any) -> Any:
 
   abstract = jax.eval_shape(tx.init, params)
   return jax.tree.map(visit, abstract, is_leaf=lambda x: x is None or params_like(x))
+
+
+def shard_grid(shardings: Any):
+  """Per-leaf tile grids of a pytree of shardings: NanoAdam ``chunks`` that are the shards.
+
+  Passed as ``chunks`` of :func:`optax_sparse.nanoadam`, every tile is one device's shard.
+
+  Args:
+    shardings: a pytree of ``jax.sharding.NamedSharding`` with the structure of the parameters
+      (leaves that are not ``NamedSharding`` are not chunked).
+
+  Returns:
+    A callable ``(path, leaf) -> tuple | None``: the number of shards of each axis of the
+    leaf (``None`` for a replicated leaf or an unknown path).
+
+  Examples:
+    >>> import jax, numpy as np
+    >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    >>> import optax_sparse as osp
+    >>> mesh = Mesh(np.array(jax.devices()[:1]), ("fsdp",))
+    >>> grid = osp.shard_grid({"w": NamedSharding(mesh, P("fsdp", None))})
+    >>> grid((jax.tree_util.DictKey("w"),), np.zeros((4, 4)))
+    (1, 1)
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(shardings)
+  by_path = {jax.tree_util.keystr(path): s for path, s in flat}
+
+  def grid(path: Any, leaf: Any) -> tuple[int, ...] | None:
+    s = by_path.get(jax.tree_util.keystr(path))
+    if not isinstance(s, NamedSharding):
+      return None
+    sizes = dict(zip(s.mesh.axis_names, s.mesh.devices.shape, strict=True))
+    spec = tuple(s.spec) + (None,) * (leaf.ndim - len(s.spec))
+    out = []
+    for axes in spec:
+      names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      out.append(math.prod(sizes[a] for a in names))
+    return tuple(out)
+
+  return grid
 
 
 class Collective(NamedTuple):

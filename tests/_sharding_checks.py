@@ -110,6 +110,10 @@ def transforms() -> dict:
                                  None),
       "sr_ste": osp.sr_ste(optax.adam(lr), 2, 4),
       "nanoadam": osp.nanoadam(lr, 0.25, refresh_every=2),
+      # One set of compressed slots per shard (chunks = the mesh's tiles of each parameter):
+      # built per mesh, and the one-device reference uses the same chunks.
+      "nanoadam_chunks": lambda shardings: osp.nanoadam(
+          lr, 0.25, refresh_every=2, chunks=osp.shard_grid(shardings)),
       "pilot": osp.pilot(lr, steps_per_epoch=2, total_epochs=3),
       "sign_in": osp.sign_in(optax.sgd(lr, momentum=0.9), reset_every=3),
       # SparseOpt reads the masks (here those of the parameters' zeros: no selection to compile).
@@ -190,8 +194,20 @@ def check_state_shardings(state, params, state_sh) -> None:
         raise AssertionError(f"a parameter-shaped state leaf {leaf.shape} is not sharded")
 
 
-def check_collectives(text: str, params, shardings) -> dict:
-  """No all-gather / all-to-all as large as a parameter shard; returns bytes per kind."""
+def check_tiled_slots(state, shardings) -> None:
+  """NanoAdam's per-shard slots ``(*grid, k)`` are sharded like their parameter on the grid."""
+  for name, sh in shardings.items():
+    mom = state.moments[name]["w"]
+    for leaf in (mom.indices, mom.mu, mom.nu):
+      want = NamedSharding(sh["w"].mesh, P(*sh["w"].spec, None))
+      if leaf.ndim != 3 or not leaf.sharding.is_equivalent_to(want, 3):
+        raise AssertionError(f"{name}: slots {leaf.shape} have {leaf.sharding}, expected {want}")
+
+
+def check_collectives(text: str, params, shardings, scalars_only: bool = False) -> dict:
+  """No all-gather / all-to-all as large as a parameter shard; returns bytes per kind.
+
+  With ``scalars_only``, every collective must be a reduction of a few scalars."""
   shard_sizes = [int(np.prod(s.shard_shape(p.shape)))
                  for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True)
                  if p.ndim >= 2]
@@ -199,9 +215,11 @@ def check_collectives(text: str, params, shardings) -> dict:
   totals: dict[str, int] = {}
   for c in osp.collectives(text):
     totals[c.kind] = totals.get(c.kind, 0) + c.nbytes
+    entries = max(int(np.prod([int(d) for d in s[s.index("[") + 1:-1].split(",") if d]))
+                  for s in c.shapes)
+    if scalars_only and (c.kind != "all-reduce" or entries > 1):
+      raise AssertionError(f"{c.kind} of {c.shapes} where only scalars may move: {c.line[:300]}")
     if c.kind in ("all-gather", "all-to-all"):
-      entries = max(int(np.prod([int(d) for d in s[s.index("[") + 1:-1].split(",") if d]))
-                    for s in c.shapes)
       if entries >= limit:
         raise AssertionError(f"{c.kind} of {c.shapes} (limit {limit} entries): {c.line[:300]}")
   return totals
@@ -243,13 +261,22 @@ def main(selected: list[str]) -> int:
     if selected and name not in selected:
       continue
     t0, c0 = time.perf_counter(), time.process_time()
-    p_ref, s_ref, _ = run(tx, params, grads)
+    per_mesh = callable(tx) and not hasattr(tx, "init")
+    if not per_mesh:
+      p_ref, s_ref, _ = run(tx, params, grads)
     for mesh_name, (mesh, specs) in mesh_defs.items():
       shardings = param_shardings(mesh, specs, params)
       try:
-        p_got, s_got, text = run(tx, params, grads, shardings)
+        if per_mesh:
+          mesh_tx = tx(shardings)
+          p_ref, s_ref, _ = run(mesh_tx, params, grads)
+          p_got, s_got, text = run(mesh_tx, params, grads, shardings)
+          check_tiled_slots(s_got, shardings)
+        else:
+          p_got, s_got, text = run(tx, params, grads, shardings)
         info = compare(name, mesh_name, (p_ref, s_ref), (p_got, s_got))
-        info["collective_bytes"] = check_collectives(text, params, shardings)
+        info["collective_bytes"] = check_collectives(text, params, shardings,
+                                                     scalars_only=per_mesh)
       except Exception as e:  # noqa: BLE001 - reported, and the exit status says it failed.
         if not keep_going:
           raise

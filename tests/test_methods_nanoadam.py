@@ -167,3 +167,96 @@ def test_bad_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     osp.nanoadam(**args)
 
+
+
+def _tiles(x, grid):
+  """NumPy twin of the chunk layout: tile-major, row-major inside a tile (or flat chunks)."""
+  if len(grid) != x.ndim:
+    return x.reshape(*grid, -1)
+  (a, b), (ga, gb) = x.shape, grid
+  return x.reshape(ga, a // ga, gb, b // gb).transpose(0, 2, 1, 3).reshape(ga, gb, -1)
+
+
+def _untiles(y, grid, shape):
+  if len(grid) != len(shape):
+    return y.reshape(shape)
+  (a, b), (ga, gb) = shape, grid
+  return y.reshape(ga, gb, a // ga, b // gb).transpose(0, 2, 1, 3).reshape(shape)
+
+
+@pytest.mark.parametrize("chunks,grid", [((2, 5), (2, 5)), (3, (3, 1)), (5, (5,))])
+def test_chunks_match_numpy_reference_per_chunk(chunks, grid):
+  # Each chunk is a NanoAdam matrix of its own: its bottom-k (ties by lower index inside the
+  # chunk), its moments; the density schedule changes k at step 7.
+  rng = np.random.default_rng(7)
+  w0 = np.round(rng.normal(size=(6, 10)), 1).astype(np.float32)  # ties in |w|
+  grads = [rng.normal(size=(6, 10)).astype(np.float32) for _ in range(10)]
+  sched = optax.piecewise_constant_schedule(0.5, {7: 0.5})
+  tx = osp.nanoadam(0.05, sched, refresh_every=4, chunks=chunks)
+  params = {"w": jnp.asarray(w0)}
+  state = tx.init(params)
+  assert state.moments["w"].indices.shape[:-1] == grid
+  tiles_w = _tiles(w0, grid).reshape(-1, 60 // int(np.prod(grid)))
+  tiles_g = [_tiles(g, grid).reshape(tiles_w.shape) for g in grads]
+  ref = [_reference(tw, [tg[i] for tg in tiles_g], 0.05, _density, 4)[1]
+         for i, tw in enumerate(tiles_w)]
+  step = jax.jit(tx.update)
+  for t, g in enumerate(grads):
+    u, state = step({"w": jnp.asarray(g)}, state, params)
+    u_ref = _untiles(np.stack([r[t] for r in ref]).reshape(*grid, -1), grid, (6, 10))
+    np.testing.assert_allclose(u["w"], u_ref, rtol=2e-5, atol=1e-5)
+    params = optax.apply_updates(params, u)
+
+
+def test_chunks_sort_path_equals_top_k_path(monkeypatch):
+  # On a mesh the per-chunk selection is a stable sort (partitioned along the chunks), on one
+  # device a top_k: the same indices, hence the same state and updates, bit for bit.
+  rng = np.random.default_rng(8)
+  params = {"w": jnp.asarray(np.round(rng.normal(size=(8, 12)), 1), jnp.float32)}
+  params["w"] = params["w"].at[0, :6].set(0.0)
+  grads = [{"w": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32)} for _ in range(5)]
+
+  def run():
+    tx = osp.nanoadam(0.1, 0.3, refresh_every=2, chunks=(2, 3))
+    state, p, out = tx.init(params), params, []
+    for g in grads:
+      u, state = jax.jit(tx.update)(g, state, p)
+      p = optax.apply_updates(p, u)
+      out.append(np.asarray(u["w"]))
+    return out, state
+
+  u_top, s_top = run()
+  monkeypatch.setattr(nanoadam_module, "_one_device", lambda: False)
+  u_sort, s_sort = run()
+  for a, b in zip(u_top, u_sort, strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(s_top.moments["w"].indices, s_sort.moments["w"].indices)
+
+
+def test_whole_grid_chunk_equals_no_chunks():
+  rng = np.random.default_rng(9)
+  params = {"w": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32)}
+  g = {"w": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32)}
+  outs = []
+  for chunks in (None, (1, 1), 1):
+    tx = osp.nanoadam(0.1, 0.25, chunks=chunks)
+    outs.append(np.asarray(tx.update(g, tx.init(params), params)[0]["w"]))
+  np.testing.assert_array_equal(outs[0], outs[1])
+  np.testing.assert_array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("chunks,match", [
+    ((4, 5), r"chunks for the leaf \['w'\] of shape \(6, 10\).*\(4, 5\)"),
+    (7, r"chunks for the leaf \['w'\].*7 chunks"),
+    ((2,), r"one count per axis"),
+    (lambda path, x: "rows", r"got 'rows'"),
+])
+def test_bad_chunks_name_the_leaf_and_value(chunks, match):
+  tx = osp.nanoadam(0.1, 0.25, chunks=chunks)
+  with pytest.raises(ValueError, match=match):
+    tx.init({"w": jnp.ones((6, 10))})
+
+
+def test_bad_chunks_type_at_construction():
+  with pytest.raises(ValueError, match="chunks must be None, an int"):
+    osp.nanoadam(0.1, 0.25, chunks=2.5)

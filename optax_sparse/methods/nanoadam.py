@@ -25,11 +25,16 @@ Library decisions where the paper leaves a choice (see :doc:`/methods/nanoadam`)
   they reduce histograms and counts instead of gathering the matrix (``docs/sharding.md``).
   On one device, where nothing is sharded, the flattened leaf is used instead: ``jax.lax.top_k``
   when ``k_max <= n/32``, otherwise the same radix threshold with a compaction over packed
-  32-bit words (the same indices, several times faster on CPU). The paper code's
-  ``chunk_size`` is not provided.
-* **Sharding.** The compressed slots are replicated (``osp.state_shardings``); each step reads
+  32-bit words (the same indices, several times faster on CPU).
+* **Chunks** (the paper code's option, off by default): ``chunks`` selects within equal
+  chunks or tiles of each matrix, each with its own ``k`` and slots ``(*grid, k_max)``; ties by
+  lower index inside the chunk (``jax.lax.top_k`` on one device, a stable sort per chunk on a
+  mesh: the same indices).
+* **Sharding.** Whole-matrix slots are replicated (``osp.state_shardings``); each step reads
   and writes the slots through a multi-index into the sharded gradient and update, which XLA
   partitions as local gathers / scatters plus an all-reduce of the ``k_max`` selected values.
+  With ``chunks=osp.shard_grid(param_shardings)`` each device's shard is one tile: the slots
+  are sharded like the parameter and a step moves scalars only.
 * **Moments on refresh** (proposed default): an entry that stays selected keeps its ``mu`` and
   ``nu``; a newly selected entry starts from zero; a dropped entry's moments are discarded.
   Without bias correction (Algorithm 1) the first step of a new entry is
@@ -54,10 +59,12 @@ Library decisions where the paper leaves a choice (see :doc:`/methods/nanoadam`)
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax._src import base
 
@@ -214,6 +221,94 @@ def _refresh(
   return NanoAdamSubsetMoments(new_idx, mu, nu, k.astype(jnp.int32))
 
 
+
+def _tile_view(x: jax.Array, grid: tuple[int, ...]) -> jax.Array:
+  """``x`` as ``(*grid, t)``: tile ``(i_0, ..)`` holds its entries in row-major order.
+
+  ``len(grid) == x.ndim`` (a grid of tiles over the axes; on a mesh whose shards are these
+  tiles, every tile is one device's shard and the view moves no data between devices), or
+  ``grid == (C,)`` for ``C`` contiguous chunks of the flattened leaf.
+  """
+  if len(grid) != x.ndim:
+    return x.reshape(*grid, -1)
+  split = []
+  for size, ways in zip(x.shape, grid, strict=True):
+    split += [ways, size // ways]
+  nd = x.ndim
+  perm = tuple(range(0, 2 * nd, 2)) + tuple(range(1, 2 * nd, 2))
+  return x.reshape(split).transpose(perm).reshape(*grid, -1)
+
+
+def _untile(y: jax.Array, grid: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
+  """The inverse of :func:`_tile_view`."""
+  if len(grid) != len(shape):
+    return y.reshape(shape)
+  nd = len(shape)
+  inner = [size // ways for size, ways in zip(shape, grid, strict=True)]
+  y = y.reshape(*grid, *inner)
+  perm = []
+  for axis in range(nd):
+    perm += [axis, nd + axis]
+  return y.transpose(perm).reshape(shape)
+
+
+def _per_tile(fn, batch: int):
+  """``fn`` of one tile's vectors, mapped over the ``batch`` leading (grid) axes."""
+  for _ in range(batch):
+    fn = jax.vmap(fn)
+  return fn
+
+
+def _refresh_tiles(tiles_abs: jax.Array, mom: NanoAdamSubsetMoments,
+                   k: jax.Array) -> NanoAdamSubsetMoments:
+  """:func:`_refresh` in every tile of ``(*grid, t)``: the ``k`` smallest of each tile."""
+  t = tiles_abs.shape[-1]
+  k_max = mom.indices.shape[-1]
+  flat = jnp.where(tiles_abs == 0, jnp.float32(0), tiles_abs)
+  if _one_device():
+    _, raw = jax.lax.top_k(-flat, k_max)
+  else:
+    # A stable sort along the last axis (the same order: ties by lower index). XLA partitions
+    # a sort along its batch axes, so each device sorts its own tiles; it would gather the
+    # operand of a top_k.
+    iota = jax.lax.broadcasted_iota(jnp.int32, flat.shape, flat.ndim - 1)
+    _, raw = jax.lax.sort((flat, iota), dimension=flat.ndim - 1, is_stable=True, num_keys=1)
+    raw = raw[..., :k_max]
+  slots = jnp.arange(k_max, dtype=jnp.int32)
+  new_idx = jnp.sort(jnp.where(slots < k, raw.astype(jnp.int32), jnp.int32(t)), axis=-1)
+  new_idx = jnp.where(new_idx < t, new_idx, jnp.int32(t) + slots)
+  search = _per_tile(lambda a, v: jnp.searchsorted(a, v, method="scan_unrolled"),
+                     new_idx.ndim - 1)
+  pos = jnp.clip(search(mom.indices, new_idx), 0, k_max - 1)
+  kept = (jnp.take_along_axis(mom.indices, pos, axis=-1) == new_idx) & (new_idx < t)
+  mu = jnp.where(kept, jnp.take_along_axis(mom.mu, pos, axis=-1), 0.0)
+  nu = jnp.where(kept, jnp.take_along_axis(mom.nu, pos, axis=-1), 0.0)
+  return NanoAdamSubsetMoments(new_idx, mu, nu, k.astype(jnp.int32))
+
+
+def _grid_of(chunks: Any, path: Any, p: jax.Array) -> tuple[int, ...] | None:
+  """The static tile grid of one selected leaf from ``chunks`` (None: the whole matrix)."""
+  spec = chunks(path, p) if callable(chunks) else chunks
+  where = f"chunks for the leaf {jax.tree_util.keystr(path)} of shape {tuple(p.shape)}"
+  if spec is None:
+    return None
+  if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+    c = int(spec)
+    if c < 1 or p.size % c:
+      raise ValueError(f"{where}: {c} chunks must be >= 1 and divide its {p.size} entries.")
+    if p.ndim >= 1 and p.shape[0] % c == 0:
+      return (c,) + (1,) * (p.ndim - 1)  # the same contiguous chunks, as a grid of row blocks
+    return (c,)
+  if not isinstance(spec, (tuple, list)) or not all(
+      isinstance(g, (int, np.integer)) and not isinstance(g, bool) for g in spec):
+    raise ValueError(f"{where}: expected None, an int or a tuple of ints; got {spec!r}.")
+  grid = tuple(int(g) for g in spec)
+  if len(grid) != p.ndim or any(g < 1 or s % g for g, s in zip(grid, p.shape, strict=True)):
+    raise ValueError(f"{where}: a tile grid needs one count per axis, each >= 1 and dividing the "
+                     f"axis; got {spec!r}.")
+  return grid
+
+
 def nanoadam(
     learning_rate: optax.ScalarOrSchedule,
     density: optax.ScalarOrSchedule,
@@ -225,6 +320,7 @@ def nanoadam(
     dense: _eligibility.Where = None,
     bias_correction: bool = False,
     max_density: float | None = None,
+    chunks: Any = None,
     backend: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam on the ``k`` smallest-magnitude entries of each matrix, moments kept for them only.
@@ -259,6 +355,16 @@ def nanoadam(
       1).
     max_density: the largest density the schedule will reach, which sizes the compressed state
       (``k_max = clip(round(max_density n), 1, n)``). Defaults to ``density`` at step 0.
+    chunks: select within chunks of each selected leaf instead of the whole matrix (the
+      paper's code has this option): ``None`` (whole matrices), an int ``C`` (``C`` equal
+      contiguous chunks of the flattened leaf), a tuple (a grid of equal tiles, one count per
+      axis) or a callable ``(path, leaf) -> None | int | tuple``, e.g.
+      ``osp.shard_grid(param_shardings)``. Each chunk of ``t`` entries updates its
+      ``clip(round(rho t), 1, k_max)`` smallest entries and keeps its own compressed slots
+      (shape ``(*grid, k_max)``, indices within the chunk). When the chunks are the shards of
+      the leaf on a device mesh, the slots are sharded like the parameter
+      (``osp.state_shardings``) and a step communicates nothing but scalars. Chunked leaves use
+      the jnp step on every backend.
     backend: where the compressed-state step runs: ``"auto"`` (the Pallas kernel
       ``kernels.compressed_adam_update`` on GPU/TPU, jnp on CPU), ``"xla"`` (jnp) or
       ``"pallas"`` (interpret mode on CPU, slow). It also picks the backend of the radix
@@ -293,6 +399,10 @@ def nanoadam(
   check_scalar("b2", b2, low=0.0, high=1.0, high_open=True)
   check_scalar("eps", eps, low=0.0)
   _eligibility.check_where("dense", dense)
+  if not (chunks is None or callable(chunks) or isinstance(chunks, (tuple, list))
+          or (isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool))):
+    raise ValueError(f"chunks must be None, an int, a tuple of ints or a callable "
+                     f"(path, leaf) -> None | int | tuple; got {chunks!r}.")
   backend = kernels.resolve_backend(backend, name="backend")
   b1_32, b2_32 = jnp.float32(b1), jnp.float32(b2)
 
@@ -321,23 +431,27 @@ def nanoadam(
     if not 0.0 < rho_max <= 1.0:
       raise ValueError(f"max_density (or density at step 0) must be in (0, 1]; got {rho_max}.")
 
-    def leaf_init(p, is_dense):
+    def leaf_init(path, p, is_dense):
       if p is None:
         return None
       if is_dense:
         # Two distinct buffers, so that the state can be donated.
         return NanoAdamDenseMoments(jnp.zeros(p.shape, jnp.float32),
                                     jnp.zeros(p.shape, jnp.float32))
-      n = p.size
+      grid = _grid_of(chunks, path, p)
+      n = p.size if grid is None else p.size // math.prod(grid)
       k_max = min(max(1, round(rho_max * n)), n)
+      lead = () if grid is None else grid
+      slots = jnp.broadcast_to(n + jnp.arange(k_max, dtype=jnp.int32), (*lead, k_max))
       return NanoAdamSubsetMoments(
-          indices=n + jnp.arange(k_max, dtype=jnp.int32),
-          mu=jnp.zeros((k_max,), jnp.float32),
-          nu=jnp.zeros((k_max,), jnp.float32),
+          indices=slots + 0,
+          mu=jnp.zeros((*lead, k_max), jnp.float32),
+          nu=jnp.zeros((*lead, k_max), jnp.float32),
           valid=jnp.zeros([], jnp.int32),
       )
 
-    moments = jax.tree.map(leaf_init, params, flags, is_leaf=lambda x: x is None)
+    moments = jax.tree_util.tree_map_with_path(leaf_init, params, flags,
+                                               is_leaf=lambda x: x is None)
     return NanoAdamState(count=jnp.zeros([], jnp.int32), moments=moments,
                          skipped_leaves=jnp.zeros([], jnp.int32))
 
@@ -413,6 +527,38 @@ def nanoadam(
       new = jax.tree.map(lambda a, b: jnp.where(leaf_ok, a, b), new, old)
       return u.reshape(p.shape), new
 
+    def tiled_step(g, p, mom, leaf_ok):
+      # Chunks (docs/sharding.md): the same maths per tile, indices within the tile. The grid
+      # axes are batch axes of every operation, so on a mesh whose shards are the tiles each
+      # device reads and writes its own slots only.
+      grid = mom.indices.shape[:-1]
+      g = jnp.where(leaf_ok, g, jnp.zeros_like(g))
+      g_t = _tile_view(g, grid)
+      t = g_t.shape[-1]
+      k = _k_of(rho, t, mom.indices.shape[-1], mom.valid)
+      old = mom
+      mom = jax.lax.cond(
+          leaf_ok & (due | (k != mom.valid)),
+          lambda m: _refresh_tiles(_tile_view(jnp.abs(p.astype(jnp.float32)), grid), m, k),
+          lambda m: m,
+          mom,
+      )
+      used = mom.indices < t
+      g_sel = jnp.take_along_axis(g_t, jnp.minimum(mom.indices, t - 1), axis=-1)
+      g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
+      mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
+      nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
+      step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
+      ok = leaf_ok & jnp.all(jnp.isfinite(step))
+      step = jnp.where(ok, step, 0.0)
+      scatter = _per_tile(
+          lambda i, v: jnp.zeros((t,), jnp.float32).at[i].set(
+              v, mode="drop", indices_are_sorted=True, unique_indices=True), len(grid))
+      u = _untile(scatter(mom.indices, step), grid, p.shape)
+      new = mom._replace(mu=jnp.where(ok, mu, mom.mu), nu=jnp.where(ok, nu, mom.nu))
+      new = jax.tree.map(lambda a, b: jnp.where(leaf_ok, a, b), new, old)
+      return u, new
+
     def leaf_step(g, p, mom):
       if g is None or mom is None:
         return None, mom, jnp.zeros([], jnp.int32)
@@ -421,6 +567,8 @@ def nanoadam(
       leaf_ok = _nonfinite.finite(g) & _nonfinite.finite(p)
       if isinstance(mom, NanoAdamDenseMoments):
         u, mom = dense_step(g, mom, leaf_ok)
+      elif mom.indices.ndim > 1:
+        u, mom = tiled_step(g, p, mom, leaf_ok)
       else:
         u, mom = subset_step(g, p, mom, leaf_ok)
       u = jnp.where(leaf_ok, u, 0.0)
