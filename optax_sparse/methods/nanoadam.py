@@ -482,6 +482,16 @@ def nanoadam(
     else:
       c1, c2 = jnp.float32(1.0), jnp.float32(1.0)
 
+    def slot_adam(g_sel, used, mom, leaf_ok):
+      # The Adam maths on the slots (the kernel's float32 operations in the same order); a
+      # non-finite step skips the leaf.
+      g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
+      mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
+      nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
+      step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
+      ok = leaf_ok & jnp.all(jnp.isfinite(step))
+      return jnp.where(ok, step, 0.0), mu, nu, ok
+
     def subset_step(g, p, mom, leaf_ok):
       n = p.size
       k = _k_of(rho, n, mom.indices.shape[0], mom.valid)
@@ -514,12 +524,7 @@ def nanoadam(
         shape = (n,) if _one_device() else (p.shape or (1,))
         where_ = _unravel(mom.indices, shape)
         g_sel = g.reshape(shape).at[where_].get(mode="fill", fill_value=0)
-        g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
-        mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
-        nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
-        step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
-        ok = leaf_ok & jnp.all(jnp.isfinite(step))
-        step = jnp.where(ok, step, 0.0)
+        step, mu, nu, ok = slot_adam(g_sel, used, mom, leaf_ok)
         u = jnp.zeros(shape, jnp.float32).at[where_].set(
             step, mode="drop", indices_are_sorted=True, unique_indices=True)
       new = mom._replace(mu=jnp.where(ok, mu, mom.mu), nu=jnp.where(ok, nu, mom.nu))
@@ -545,12 +550,7 @@ def nanoadam(
       )
       used = mom.indices < t
       g_sel = jnp.take_along_axis(g_t, jnp.minimum(mom.indices, t - 1), axis=-1)
-      g_sel = jnp.where(used, g_sel.astype(jnp.float32), 0.0)
-      mu = b1_32 * mom.mu + (1.0 - b1_32) * g_sel
-      nu = b2_32 * mom.nu + (1.0 - b2_32) * g_sel * g_sel
-      step = -lr * (mu / c1) / (jnp.sqrt(nu / c2) + eps)
-      ok = leaf_ok & jnp.all(jnp.isfinite(step))
-      step = jnp.where(ok, step, 0.0)
+      step, mu, nu, ok = slot_adam(g_sel, used, mom, leaf_ok)
       scatter = _per_tile(
           lambda i, v: jnp.zeros((t,), jnp.float32).at[i].set(
               v, mode="drop", indices_are_sorted=True, unique_indices=True), len(grid))
