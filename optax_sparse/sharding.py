@@ -42,17 +42,22 @@ def _mesh_of(shardings: list[Any]) -> Any:
   return None
 
 
+def _ways(mesh: Any, axes: Any) -> int:
+  """How many shards one entry of a ``PartitionSpec`` (None, a mesh axis, a tuple of axes) makes."""
+  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  sizes = dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))
+  return math.prod(sizes[a] for a in names)
+
+
 def _along(shape: tuple[int, ...], p_shape: tuple[int, ...], sharding: Any, replicated: Any) -> Any:
   """A mask packed as bits along the last axis: the parameter's spec on every axis whose length
   the mesh axes still divide (the leading axes always), replicated on the others."""
   if not isinstance(sharding, NamedSharding) or len(shape) != len(p_shape) or not shape:
     return replicated
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-  sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.devices.shape, strict=True))
   out = []
   for n, axes in zip(shape, spec, strict=True):
-    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    ways = math.prod(sizes[a] for a in names)
+    ways = _ways(sharding.mesh, axes)
     out.append(axes if ways and n % ways == 0 else None)
   if all(a is None for a in out):
     return replicated
@@ -189,13 +194,8 @@ def shard_grid(shardings: Any):
     s = by_path.get(jax.tree_util.keystr(path))
     if not isinstance(s, NamedSharding):
       return None
-    sizes = dict(zip(s.mesh.axis_names, s.mesh.devices.shape, strict=True))
     spec = tuple(s.spec) + (None,) * (leaf.ndim - len(s.spec))
-    out = []
-    for axes in spec:
-      names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-      out.append(math.prod(sizes[a] for a in names))
-    return tuple(out)
+    return tuple(_ways(s.mesh, axes) for axes in spec)
 
   return grid
 
